@@ -1,0 +1,261 @@
+"""Typed schemas for every config group, registered with Hydra, and `validate(cfg)`.
+
+The YAML files in `conf/` fill these dataclasses; a key that is not declared here is
+rejected by Hydra at composition time, so a typo on the command line fails at once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
+
+ENCODINGS = ("absolute", "learned", "relative", "combined", "rotary", "none")
+NORMS = ("post", "pre")
+ROTARY_SCALINGS = ("none", "linear", "ntk")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+class ConfigError(ValueError):
+    """A configuration value a user set is invalid; the message names it and the fix."""
+
+
+@dataclass
+class ModelConfig:
+    name: str = "tiny"
+    encoder_layers: int = 2
+    decoder_layers: int = 2
+    d_model: int = 64
+    heads: int = 4
+    d_ff: int = 256
+    dropout: float = 0.1  # residual and embedding dropout ("layer_prepostprocess_dropout")
+    attention_dropout: float = 0.0  # on the attention weights
+    activation_dropout: float = 0.0  # inside the feed-forward block, after ReLU
+    norm: str = "post"  # the paper (and Vaswani 2017) is post-norm
+    tie_embeddings: bool = True  # one table for source, target and output projection
+    init_std: float | None = None  # None: d_model ** -0.5 for embeddings (T2T)
+
+
+@dataclass
+class EncodingConfig:
+    name: str = "relative"
+    # relative / combined (Shaw et al. 2018)
+    k: int = 16  # clipping distance: relative positions beyond +-k share one edge vector
+    keys: bool = True  # a^K, the term on the attention logits (eq. 4)
+    values: bool = True  # a^V, the term on the attention output (eq. 3)
+    share_heads: bool = False  # False: (heads, 2k+1, d_head) tables, the paper's base setup
+    # learned absolute
+    max_len: int = 1024
+    # rotary (RoPE); scaling applies at evaluation only, for length-extrapolation studies
+    rotary_base: float = 10000.0
+    rotary_scaling: str = "none"  # none | linear (position interpolation) | ntk
+    rotary_factor: float = 1.0
+
+
+@dataclass
+class ToyConfig:
+    """The built-in synthetic task: needs word order to be solved (see nmt/data/corpora.py)."""
+
+    vocab: int = 32  # source word types
+    train_size: int = 20000
+    valid_size: int = 500
+    test_size: int = 500
+    min_len: int = 4
+    max_len: int = 20  # train and valid lengths
+    test_min_len: int = 4
+    test_max_len: int = 20  # raise above max_len to study length generalisation
+    chunk: int = 3  # reordering rule: reverse the words inside each chunk of this size
+    seed: int = 1234
+
+
+@dataclass
+class DataConfig:
+    name: str = "toy"
+    source: str = "toy"  # toy | local | hub
+    root: str | None = None  # directory of {split}.{lang}[.gz] files for source=local
+    hub_name: str | None = None  # `datasets` hub name (or a local save_to_disk directory)
+    hub_config: str | None = None  # the hub subset, e.g. "de-en"
+    src: str = "en"
+    tgt: str = "de"
+    train_split: str = "train"
+    valid_split: str = "valid"
+    test_split: str = "test"
+    vocab_size: int = 8000
+    spm_model_type: str = "unigram"  # unigram | bpe
+    spm_character_coverage: float = 1.0
+    spm_max_sentences: int = 2_000_000  # sample this many training sentences for SentencePiece
+    max_len: int = 256  # training pairs longer than this (subwords) are dropped
+    max_len_ratio: float = 3.0  # training pairs with a longer/shorter ratio above this are dropped
+    cache_dir: str = "${oc.env:NMT_CACHE_DIR,'~/.cache/nmt'}"
+    toy: ToyConfig = field(default_factory=ToyConfig)
+
+
+@dataclass
+class TrainConfig:
+    max_tokens: int = 4096  # per batch, source + target padded positions (paper: 4096 per GPU)
+    update_freq: int = 1  # gradient accumulation: batches per optimizer step
+    max_steps: int = 100_000
+    max_epochs: int = 0  # 0: no epoch budget
+    lr_scale: float = 1.0  # multiplies d_model^-0.5 * min(step^-0.5, step * warmup^-1.5)
+    warmup_steps: int = 4000
+    adam_betas: tuple[float, float] = (0.9, 0.98)
+    adam_eps: float = 1e-9
+    weight_decay: float = 0.0
+    label_smoothing: float = 0.1
+    clip_norm: float = 0.0  # 0: no gradient clipping
+    device: str = "auto"
+    precision: str = "auto"
+    compile: bool = False
+    threads: int = 0  # CPU threads for torch; 0 keeps torch's default
+    log_every: int = 50
+    eval_every: int = 1000
+    eval_max_sentences: int = 0  # 0: the whole validation set
+    eval_beam: int = 1  # 1: greedy validation decoding (fast); the test set always uses decode.beam
+    save_every: int = 1000
+    keep_last: int = 5
+    average_last: int = 0  # average the last N checkpoints before the final test
+    resume: bool = True  # continue from checkpoint_last.pt in the run directory if present
+    tensorboard: bool = True  # event files when the `tb` extra is installed
+
+
+@dataclass
+class DecodeConfig:
+    beam: int = 4
+    alpha: float = 0.6  # GNMT length penalty ((5 + |Y|) / 6) ** alpha; 0 = raw log-probability
+    max_len_a: float = 1.0  # max output length = a * source length + b
+    max_len_b: int = 50
+    max_tokens: int = 8000  # source tokens per decoding batch
+    nbest: int = 1
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    encoding: EncodingConfig = field(default_factory=EncodingConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
+    seed: int = 1
+    experiment: str = "default"  # a label stored in results.json
+
+
+def register_configs() -> None:
+    """Register the schema so `conf/config.yaml` composes into a typed config."""
+    cs = ConfigStore.instance()
+    cs.store(name="nmt_schema", node=Config)
+
+
+def validate(cfg: Any) -> None:
+    """Raise one `ConfigError` naming the first bad value and how to fix it."""
+    enc, model = cfg.encoding, cfg.model
+    if enc.name not in ENCODINGS:
+        raise ConfigError(
+            f"encoding.name={enc.name!r} is unknown; choose one of {', '.join(ENCODINGS)} "
+            f"(e.g. encoding=relative)"
+        )
+    if enc.k < 0:
+        raise ConfigError(
+            f"encoding.k={enc.k} is negative; the clipping distance must be >= 0 "
+            f"(k=0 is legal: one bucket, no order information)"
+        )
+    if enc.name in ("relative", "combined") and not (enc.keys or enc.values):
+        raise ConfigError(
+            "encoding.keys=false and encoding.values=false leave the relative encoding with "
+            "no position term; that is encoding=none, or set one of them to true"
+        )
+    if enc.rotary_scaling not in ROTARY_SCALINGS:
+        raise ConfigError(
+            f"encoding.rotary_scaling={enc.rotary_scaling!r} is unknown; choose one of "
+            f"{', '.join(ROTARY_SCALINGS)}"
+        )
+    if enc.rotary_factor < 1.0:
+        raise ConfigError(f"encoding.rotary_factor={enc.rotary_factor} must be >= 1")
+    if enc.max_len < 1:
+        raise ConfigError(f"encoding.max_len={enc.max_len} must be >= 1")
+    if model.d_model % model.heads != 0:
+        raise ConfigError(
+            f"model.d_model={model.d_model} is not divisible by model.heads={model.heads}; "
+            f"pick heads that divide d_model (d_head = d_model / heads)"
+        )
+    if enc.name == "rotary" and (model.d_model // model.heads) % 2 != 0:
+        raise ConfigError(
+            f"encoding=rotary needs an even head size, got d_model/heads="
+            f"{model.d_model // model.heads}"
+        )
+    if model.norm not in NORMS:
+        raise ConfigError(f"model.norm={model.norm!r} is unknown; choose post or pre")
+    for name in ("encoder_layers", "decoder_layers", "d_model", "heads", "d_ff"):
+        if getattr(model, name) < 1:
+            raise ConfigError(f"model.{name}={getattr(model, name)} must be >= 1")
+    for name in ("dropout", "attention_dropout", "activation_dropout"):
+        if not 0.0 <= getattr(model, name) < 1.0:
+            raise ConfigError(f"model.{name}={getattr(model, name)} must be in [0, 1)")
+    if "data" in cfg:
+        _validate_data(cfg.data)
+    if "train" in cfg:
+        _validate_train(cfg.train)
+    if "decode" in cfg:
+        _validate_decode(cfg.decode)
+    if "data" in cfg and enc.name == "learned" and cfg.data.max_len + 2 > enc.max_len:
+        raise ConfigError(
+            f"encoding=learned has a table of encoding.max_len={enc.max_len} positions but "
+            f"data.max_len={cfg.data.max_len} allows longer training sentences; raise "
+            f"encoding.max_len to at least {cfg.data.max_len + 2}"
+        )
+
+
+def _validate_data(data: Any) -> None:
+    if data.source not in ("toy", "local", "hub"):
+        raise ConfigError(f"data.source={data.source!r} is unknown; choose toy, local or hub")
+    if data.vocab_size < 8:
+        raise ConfigError(f"data.vocab_size={data.vocab_size} is too small (>= 8)")
+
+
+def _validate_train(train: Any) -> None:
+    if train.device not in DEVICES:
+        raise ConfigError(f"train.device={train.device!r} is unknown; choose one of {DEVICES}")
+    if train.precision not in PRECISIONS:
+        raise ConfigError(
+            f"train.precision={train.precision!r} is unknown; choose one of {PRECISIONS}"
+        )
+    for name in ("max_tokens", "update_freq", "warmup_steps", "log_every", "eval_every"):
+        if getattr(train, name) < 1:
+            raise ConfigError(f"train.{name}={getattr(train, name)} must be >= 1")
+    if train.max_steps < 1 and train.max_epochs < 1:
+        raise ConfigError("set train.max_steps or train.max_epochs to a positive budget")
+    if not 0.0 <= train.label_smoothing < 1.0:
+        raise ConfigError(f"train.label_smoothing={train.label_smoothing} must be in [0, 1)")
+
+
+def _validate_decode(decode: Any) -> None:
+    if decode.beam < 1:
+        raise ConfigError(f"decode.beam={decode.beam} must be >= 1 (1 is greedy)")
+    if decode.alpha < 0:
+        raise ConfigError(f"decode.alpha={decode.alpha} must be >= 0 (0: no length penalty)")
+    if not 1 <= decode.nbest <= decode.beam:
+        raise ConfigError(f"decode.nbest={decode.nbest} must be between 1 and decode.beam")
+
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+
+def compose(overrides: list[str] | None = None, config_name: str = "config") -> DictConfig:
+    """Compose `conf/` with command-line style overrides, outside a Hydra app (tests, notebooks)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_module
+
+    register_configs()
+    with initialize_config_module(config_module="nmt.conf", version_base="1.3"):
+        cfg = hydra_compose(config_name=config_name, overrides=list(overrides or []))
+    return cfg
+
+
+def to_container(cfg: Any) -> dict:
+    """A plain dict of a config (resolved), for JSON files and checkpoints."""
+    if isinstance(cfg, DictConfig):
+        return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+    return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)  # type: ignore[return-value]

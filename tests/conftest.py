@@ -1,0 +1,44 @@
+"""Shared fixtures: where the corpora beside the project are, and a small composed config."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def shared_data_dir() -> Path | None:
+    """NMT_DATA_DIR if set, else the workplace's ../shared/data beside the repository."""
+    env = os.environ.get("NMT_DATA_DIR")
+    candidates = [Path(env)] if env else []
+    candidates.append(REPO.parent / "shared" / "data")
+    for path in candidates:
+        if path.is_dir():
+            return path
+    return None
+
+
+@pytest.fixture
+def multi30k_dir() -> Path:
+    base = shared_data_dir()
+    if base is None or not (base / "multi30k" / "train.en.gz").exists():
+        pytest.skip("Multi30k not found: set NMT_DATA_DIR to a directory holding multi30k/")
+    return base / "multi30k"
+
+
+@pytest.fixture
+def wmt14_dir() -> Path:
+    base = shared_data_dir()
+    if base is None or not (base / "wmt14" / "newstest2014.en").exists():
+        pytest.skip("newstest2014 not found: set NMT_DATA_DIR to a directory holding wmt14/")
+    return base / "wmt14"
+
+
+@pytest.fixture(autouse=True)
+def _seed_and_threads():
+    torch.manual_seed(0)
+    yield
