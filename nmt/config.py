@@ -143,6 +143,15 @@ class Config:
     experiment: str = "default"  # a label stored in results.json
 
 
+def relative_terms(enc: Any) -> tuple[bool, bool]:
+    """(keys, values) of an encoding config.
+
+    Read by item: on a DictConfig `enc.keys` / `enc.values` are the mapping methods, which
+    are always truthy, so attribute access would silently enable both terms.
+    """
+    return bool(enc["keys"]), bool(enc["values"])
+
+
 def register_configs() -> None:
     """Register the schema so `conf/config.yaml` composes into a typed config."""
     cs = ConfigStore.instance()
@@ -162,7 +171,7 @@ def validate(cfg: Any) -> None:
             f"encoding.k={enc.k} is negative; the clipping distance must be >= 0 "
             f"(k=0 is legal: one bucket, no order information)"
         )
-    if enc.name in ("relative", "combined") and not (enc.keys or enc.values):
+    if enc.name in ("relative", "combined") and not any(relative_terms(enc)):
         raise ConfigError(
             "encoding.keys=false and encoding.values=false leave the relative encoding with "
             "no position term; that is encoding=none, or set one of them to true"

@@ -1,0 +1,238 @@
+"""The encoder-decoder Transformer: embeddings, layers, incremental decoding, `build_model`.
+
+`python -m nmt.model model=base encoding=relative vocab_size=32768` prints parameter counts.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from nmt.attention import KeyValueCache, MultiHeadAttention
+from nmt.config import validate
+from nmt.encodings import (
+    AttentionPositions,
+    InputPositions,
+    build_attention_positions,
+    build_input_positions,
+)
+
+
+class FeedForward(nn.Module):
+    def __init__(self, d_model: int, d_ff: int, activation_dropout: float) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(d_model, d_ff), nn.Linear(d_ff, d_model)
+        self.activation_dropout = activation_dropout
+        for fc in (self.fc1, self.fc2):
+            nn.init.xavier_uniform_(fc.weight)
+            nn.init.zeros_(fc.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = F.dropout(F.relu(self.fc1(x)), self.activation_dropout, self.training)
+        return self.fc2(h)
+
+
+class Residual(nn.Module):
+    """x + dropout(f(x)) with layer norm after (post-norm, the paper) or before (pre-norm)."""
+
+    def __init__(self, d_model: int, dropout: float, pre_norm: bool) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(d_model)
+        self.dropout, self.pre_norm = dropout, pre_norm
+
+    def forward(self, x: Tensor, sublayer: Any) -> Tensor:
+        if self.pre_norm:
+            return x + F.dropout(sublayer(self.norm(x)), self.dropout, self.training)
+        return self.norm(x + F.dropout(sublayer(x), self.dropout, self.training))
+
+
+class EncoderLayer(nn.Module):
+    def __init__(self, cfg: Any, positions: AttentionPositions | None) -> None:
+        super().__init__()
+        m, pre = cfg, cfg.norm == "pre"
+        self.self_attn = MultiHeadAttention(m.d_model, m.heads, m.attention_dropout, positions)
+        self.ffn = FeedForward(m.d_model, m.d_ff, m.activation_dropout)
+        self.attn_block = Residual(m.d_model, m.dropout, pre)
+        self.ffn_block = Residual(m.d_model, m.dropout, pre)
+
+    def forward(self, x: Tensor, pad_mask: Tensor) -> Tensor:
+        x = self.attn_block(x, lambda h: self.self_attn(h, key_padding_mask=pad_mask))
+        return self.ffn_block(x, self.ffn)
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, cfg: Any, positions: AttentionPositions | None) -> None:
+        super().__init__()
+        m, pre = cfg, cfg.norm == "pre"
+        self.self_attn = MultiHeadAttention(m.d_model, m.heads, m.attention_dropout, positions)
+        # Cross-attention has no position term, as in the paper.
+        self.cross_attn = MultiHeadAttention(m.d_model, m.heads, m.attention_dropout, None)
+        self.ffn = FeedForward(m.d_model, m.d_ff, m.activation_dropout)
+        self.self_block = Residual(m.d_model, m.dropout, pre)
+        self.cross_block = Residual(m.d_model, m.dropout, pre)
+        self.ffn_block = Residual(m.d_model, m.dropout, pre)
+
+    def forward(
+        self,
+        x: Tensor,
+        memory: Tensor,
+        memory_pad_mask: Tensor,
+        self_cache: KeyValueCache | None = None,
+        cross_cache: KeyValueCache | None = None,
+    ) -> Tensor:
+        x = self.self_block(x, lambda h: self.self_attn(h, causal=True, cache=self_cache))
+        x = self.cross_block(
+            x,
+            lambda h: self.cross_attn(
+                h, memory, key_padding_mask=memory_pad_mask, cache=cross_cache
+            ),
+        )
+        return self.ffn_block(x, self.ffn)
+
+
+class DecoderCache:
+    """Everything incremental decoding keeps between steps; rows are (sentence x beam)."""
+
+    def __init__(self, memory: Tensor, memory_pad_mask: Tensor, layers: int) -> None:
+        self.memory, self.memory_pad_mask = memory, memory_pad_mask  # (B, S, D), (B, S)
+        self.self_attn = [KeyValueCache() for _ in range(layers)]
+        self.cross_attn = [KeyValueCache() for _ in range(layers)]
+
+    @property
+    def length(self) -> int:
+        """Target positions decoded so far (the position of the next token)."""
+        return self.self_attn[0].length
+
+    @property
+    def batch_size(self) -> int:
+        return self.memory.size(0)
+
+    def reorder(self, indices: Tensor) -> None:
+        """Keep rows `indices` (may repeat rows, e.g. to expand to beams, or drop them)."""
+        self.memory = self.memory.index_select(0, indices)
+        self.memory_pad_mask = self.memory_pad_mask.index_select(0, indices)
+        for cache in (*self.self_attn, *self.cross_attn):
+            cache.reorder(indices)
+
+
+class Transformer(nn.Module):
+    """Encoder-decoder Transformer over one shared vocabulary with tied embeddings."""
+
+    def __init__(self, cfg: Any, vocab_size: int, pad_id: int = 0) -> None:
+        super().__init__()
+        m, enc = cfg.model, cfg.encoding
+        self.d_model, self.pad_id, self.vocab_size = m.d_model, pad_id, vocab_size
+        self.embed_scale = math.sqrt(m.d_model)  # independent of the encoding (DESIGN trap)
+        self.embedding = nn.Embedding(vocab_size, m.d_model, padding_idx=pad_id)
+        nn.init.normal_(self.embedding.weight, std=m.init_std or m.d_model**-0.5)
+        with torch.no_grad():
+            self.embedding.weight[pad_id].zero_()
+        self.output_projection = None
+        if not m.tie_embeddings:
+            self.output_projection = nn.Linear(m.d_model, vocab_size, bias=False)
+        d_head = m.d_model // m.heads
+        self.src_positions: InputPositions | None = build_input_positions(enc, m.d_model)
+        self.tgt_positions: InputPositions | None = build_input_positions(enc, m.d_model)
+        self.encoder_layers = nn.ModuleList(
+            EncoderLayer(m, build_attention_positions(enc, m.heads, d_head))
+            for _ in range(m.encoder_layers)
+        )
+        self.decoder_layers = nn.ModuleList(
+            DecoderLayer(m, build_attention_positions(enc, m.heads, d_head))
+            for _ in range(m.decoder_layers)
+        )
+        pre = m.norm == "pre"  # pre-norm stacks end with a layer norm; post-norm already did
+        self.encoder_norm = nn.LayerNorm(m.d_model) if pre else nn.Identity()
+        self.decoder_norm = nn.LayerNorm(m.d_model) if pre else nn.Identity()
+        self.dropout = m.dropout
+
+    def _embed(self, tokens: Tensor, positions: InputPositions | None, offset: int = 0) -> Tensor:
+        x = self.embedding(tokens) * self.embed_scale  # (B, N, D)
+        if positions is not None:
+            x = positions(x, offset)
+        return F.dropout(x, self.dropout, self.training)
+
+    def _logits(self, h: Tensor) -> Tensor:
+        weight = self.embedding.weight if self.output_projection is None else self.output_projection.weight
+        return h @ weight.t()
+
+    def encode(self, src: Tensor) -> tuple[Tensor, Tensor]:
+        """src `(B, S)` ids -> memory `(B, S, D)` and its padding mask `(B, S)` (True = pad)."""
+        pad_mask = src.eq(self.pad_id)
+        x = self._embed(src, self.src_positions)
+        for layer in self.encoder_layers:
+            x = layer(x, pad_mask)
+        return self.encoder_norm(x), pad_mask
+
+    def decode(self, tgt_in: Tensor, memory: Tensor, memory_pad_mask: Tensor) -> Tensor:
+        """Teacher-forced decoder: tgt_in `(B, T)` -> logits `(B, T, V)`."""
+        x = self._embed(tgt_in, self.tgt_positions)
+        for layer in self.decoder_layers:
+            x = layer(x, memory, memory_pad_mask)
+        return self._logits(self.decoder_norm(x))
+
+    def forward(self, src: Tensor, tgt_in: Tensor) -> Tensor:
+        """Logits `(B, T, V)` for the next token at every target position."""
+        memory, pad_mask = self.encode(src)
+        return self.decode(tgt_in, memory, pad_mask)
+
+    def start_decoding(self, memory: Tensor, memory_pad_mask: Tensor) -> DecoderCache:
+        """An empty cache for incremental decoding over an encoded batch."""
+        return DecoderCache(memory, memory_pad_mask, len(self.decoder_layers))
+
+    def decode_step(self, tokens: Tensor, cache: DecoderCache) -> Tensor:
+        """Feed the token at position `cache.length` `(B,)`; logits for the next one `(B, V)`."""
+        x = self._embed(tokens.unsqueeze(1), self.tgt_positions, offset=cache.length)
+        for layer, self_cache, cross_cache in zip(
+            self.decoder_layers, cache.self_attn, cache.cross_attn, strict=True
+        ):
+            x = layer(x, cache.memory, cache.memory_pad_mask, self_cache, cross_cache)
+        return self._logits(self.decoder_norm(x)).squeeze(1)
+
+
+def build_model(cfg: Any, vocab_size: int, pad_id: int = 0) -> Transformer:
+    """A `Transformer` from a config with `model` and `encoding` sections (validated first)."""
+    validate(cfg)
+    return Transformer(cfg, vocab_size, pad_id)
+
+
+def parameter_counts(model: Transformer) -> dict[str, int]:
+    """Parameters by part: embeddings, encoder, decoder, position terms, total."""
+    counts = {"embeddings": 0, "encoder": 0, "decoder": 0, "positions": 0}
+    for name, p in model.named_parameters():
+        if "positions" in name or "edge_" in name:
+            counts["positions"] += p.numel()
+        elif name.startswith(("embedding", "output_projection")):
+            counts["embeddings"] += p.numel()
+        elif name.startswith("encoder"):
+            counts["encoder"] += p.numel()
+        else:
+            counts["decoder"] += p.numel()
+    counts["total"] = sum(p.numel() for p in model.parameters())
+    return counts
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Print parameter counts for a composed config (`vocab_size=N` sets the vocabulary)."""
+    from nmt.config import compose
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    vocab = 32768
+    for arg in list(args):
+        if arg.startswith("vocab_size="):
+            vocab = int(arg.split("=", 1)[1])
+            args.remove(arg)
+    cfg = compose(args)
+    counts = parameter_counts(build_model(cfg, vocab))
+    print(f"model={cfg.model.name} encoding={cfg.encoding.name} vocab_size={vocab}")
+    for part, n in counts.items():
+        print(f"  {part:<11} {n:>12,}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,193 @@
+"""Model behaviour users rely on: invariances, cached decoding, gradients, sizes, memory."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from nmt.config import ConfigError, compose, validate
+from nmt.model import build_model, parameter_counts
+
+ENCODINGS = ["absolute", "learned", "relative", "combined", "rotary", "none"]
+PAD = 0
+
+
+def tiny(encoding: str, *overrides: str):
+    cfg = compose(["model=tiny", f"encoding={encoding}", "model.dropout=0.0", *overrides])
+    return build_model(cfg, vocab_size=40).eval()
+
+
+def test_left_and_right_padding_give_the_same_states_without_absolute_positions() -> None:
+    tokens = torch.tensor([7, 12, 9, 30, 5, 3])
+    right = torch.cat([tokens, torch.zeros(3, dtype=torch.long)]).unsqueeze(0)
+    left = torch.cat([torch.zeros(3, dtype=torch.long), tokens]).unsqueeze(0)
+    for encoding, invariant in [("relative", True), ("none", True), ("absolute", False)]:
+        model = tiny(encoding)
+        with torch.no_grad():
+            a, _ = model.encode(right)
+            b, _ = model.encode(left)
+        diff = (a[0, :6] - b[0, 3:]).abs().max().item()
+        if invariant:
+            assert diff < 1e-5, encoding
+        else:
+            assert diff > 1e-3, "absolute positions must see the shift"
+
+
+@pytest.mark.parametrize("encoding,overrides", [("none", []), ("relative", ["encoding.k=0"])])
+def test_without_order_information_the_encoder_is_permutation_equivariant(encoding, overrides):
+    model = tiny(encoding, *overrides)
+    src = torch.tensor([[7, 12, 9, 30, 5, 3]])
+    perm = torch.tensor([3, 0, 5, 1, 4, 2])
+    with torch.no_grad():
+        a, _ = model.encode(src)
+        b, _ = model.encode(src[:, perm])
+    assert (a[:, perm] - b).abs().max().item() < 1e-5
+    # ... and k = 1 is not: relative positions carry order.
+    ordered = tiny("relative", "encoding.k=1")
+    with torch.no_grad():
+        a, _ = ordered.encode(src)
+        b, _ = ordered.encode(src[:, perm])
+    assert (a[:, perm] - b).abs().max().item() > 1e-3
+
+
+@pytest.mark.parametrize("encoding", ENCODINGS)
+def test_cached_decoding_equals_the_full_forward_pass(encoding: str) -> None:
+    torch.manual_seed(3)
+    model = tiny(encoding, "model.norm=pre") if encoding == "rotary" else tiny(encoding)
+    src = torch.tensor([[5, 6, 7, 8, 9, 3], [10, 11, 12, 3, 0, 0], [13, 14, 3, 0, 0, 0]])
+    tgt = torch.randint(4, 40, (3, 7))
+    tgt[:, 0] = 2
+    with torch.no_grad():
+        memory, pad = model.encode(src)
+        full = model.decode(tgt, memory, pad)
+        cache = model.start_decoding(memory, pad)
+        steps = [model.decode_step(tgt[:, t], cache) for t in range(4)]
+        # Re-rank mid-sentence as beam search does: permute, duplicate and drop rows.
+        order = torch.tensor([2, 0, 0])
+        cache.reorder(order)
+        steps_after = [model.decode_step(tgt[order, t], cache) for t in range(4, 7)]
+        full_reordered = model.decode(tgt[order], memory[order], pad[order])
+    assert (torch.stack(steps, 1) - full[:, :4]).abs().max().item() < 1e-5
+    assert (torch.stack(steps_after, 1) - full_reordered[:, 4:]).abs().max().item() < 1e-5
+
+
+@pytest.mark.parametrize("encoding", ENCODINGS)
+def test_gradients_reach_every_parameter(encoding: str) -> None:
+    model = tiny(encoding).train()
+    src = torch.tensor([[5, 6, 7, 8, 3], [9, 10, 3, 0, 0]])
+    tgt = torch.tensor([[2, 11, 12, 13], [2, 14, 15, 0]])
+    model(src, tgt).logsumexp(-1).sum().backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]
+    assert not missing, missing
+
+
+def expected_base_parameters(vocab: int, encoding: str) -> int:
+    """Shaw et al. base from the architecture: d 512, 8 heads, FFN 1024, 6+6 layers."""
+    d, ff, layers, heads, d_head, k = 512, 1024, 6, 8, 64, 16
+    attention = 4 * (d * d + d)
+    ffn = d * ff + ff + ff * d + d
+    norm = 2 * d
+    encoder_layer = attention + ffn + 2 * norm
+    decoder_layer = 2 * attention + ffn + 3 * norm
+    total = vocab * d + layers * (encoder_layer + decoder_layer)  # tied embeddings
+    if encoding in ("relative", "combined"):  # a^K and a^V, per head, per self-attention layer
+        total += 2 * layers * 2 * heads * (2 * k + 1) * d_head
+    return total
+
+
+@pytest.mark.parametrize("encoding", ["absolute", "relative"])
+def test_base_parameter_count(encoding: str) -> None:
+    cfg = compose(["model=base", f"encoding={encoding}"])
+    counts = parameter_counts(build_model(cfg, 32768))
+    assert counts["total"] == expected_base_parameters(32768, encoding)
+    assert counts["total"] == sum(v for n, v in counts.items() if n != "total")
+
+
+def test_parameter_count_command() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "nmt.model", "model=base", "encoding=relative"],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    assert f"{expected_base_parameters(32768, 'relative'):,}" in out
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("encoding.name=sinusoid", "encoding.name='sinusoid' is unknown"),
+        ("encoding.k=-1", "encoding.k=-1"),
+        ("model.heads=3", "not divisible by model.heads=3"),
+    ],
+)
+def test_validate_names_the_bad_value(override: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+        validate(compose([override]))
+
+
+def test_relative_without_keys_and_values_is_refused() -> None:
+    with pytest.raises(ConfigError, match="that is encoding=none"):
+        validate(compose(["encoding=relative", "encoding.keys=false", "encoding.values=false"]))
+
+
+MEMORY_SCRIPT = textwrap.dedent(
+    """
+    import json, resource, sys, torch
+    from omegaconf import OmegaConf
+    from nmt.attention import MultiHeadAttention
+    from nmt.encodings import RelativePositionBias
+
+    variant, N = sys.argv[1], int(sys.argv[2])
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    H, d = 8, 64
+    pos = RelativePositionBias(H, d, 16, True, True, False) if variant != "absolute" else None
+    attn = MultiHeadAttention(H * d, H, 0.0, pos)
+    x = torch.randn(1, N, H * d, requires_grad=True)
+
+    def naive(x):  # the (N, N, d) edge tensors the paper's section 3.3 avoids
+        B, N, D = x.shape
+        q, k, v = (p(x).view(B, N, H, d).transpose(1, 2) for p in (attn.q_proj, attn.k_proj, attn.v_proj))
+        i = torch.arange(N)
+        idx = (i[None] - i[:, None]).clamp(-16, 16) + 16
+        a_k, a_v = pos.edge_keys[:, idx], pos.edge_values[:, idx]  # (H, N, N, d)
+        s = (q @ k.transpose(-1, -2) + torch.einsum("bhid,hijd->bhij", q, a_k)) / d ** 0.5
+        w = s.softmax(-1)
+        return (w @ v + torch.einsum("bhij,hijd->bhid", w, a_v)).transpose(1, 2).reshape(B, N, D)
+
+    run = naive if variant == "naive" else (lambda x: attn(x))
+    run(x[:, :8]).sum().backward()  # warm up kernels and allocator at a small size
+    def rss():
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * 4096
+    base = rss()
+    run(x).sum().backward()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(json.dumps({"extra_mib": (peak - base) / 2**20}))
+    """
+)
+
+
+def peak_extra_mib(variant: str, n: int) -> float:
+    out = subprocess.run(
+        [sys.executable, "-c", MEMORY_SCRIPT, variant, str(n)],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    return json.loads(out.strip().splitlines()[-1])["extra_mib"]
+
+
+def test_relative_attention_memory_grows_like_a_score_matrix() -> None:
+    """N = 1024, 8 heads of 64, k = 16: forward + backward under 256 MiB above its inputs."""
+    relative = peak_extra_mib("relative", 1024)
+    assert relative < 256, f"relative attention used {relative:.0f} MiB"
+
+
+@pytest.mark.slow
+def test_memory_measurement_sees_naive_edge_tensors() -> None:
+    """The measurement above can fail: naive (N, N, d) edges blow far past the bound."""
+    naive = peak_extra_mib("naive", 1024)
+    assert naive > 512, f"naive edges measured at only {naive:.0f} MiB"
