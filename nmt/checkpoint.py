@@ -1,0 +1,163 @@
+"""Checkpoints: atomic save, load with clear errors, compatibility checks, averaging.
+
+A checkpoint is self-contained: the model weights, the full composed config and the
+SentencePiece model bytes, so `nmt-translate ckpt.pt` needs nothing else. Training
+checkpoints also hold the optimizer, scheduler, scaler, RNG and data position.
+
+`nmt-average` averages the parameters of several checkpoints of one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+FORMAT_VERSION = 1
+NUMBERED = re.compile(r"checkpoint_(\d+)\.pt$")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, unreadable, or does not fit what it is used with."""
+
+
+def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
+    """Write `state` to `path` atomically: a temp file in the same directory, then rename.
+
+    A reader (or a crash, or SIGKILL mid-write) sees the old file or the new one, never half.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save({"format_version": FORMAT_VERSION, **state}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint written by `save_checkpoint`, with one clear error if it cannot be."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(
+            f"checkpoint {path} does not exist; pass the path of a .pt file written by nmt-train "
+            f"(e.g. RUN_DIR/checkpoint_best.pt)"
+        )
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as err:  # torch raises several types for truncated or foreign files
+        raise CheckpointError(f"checkpoint {path} is not readable ({err}); is it an nmt checkpoint?") from err
+    if not isinstance(state, dict) or "model" not in state or "config" not in state:
+        raise CheckpointError(f"{path} is not an nmt checkpoint (no model weights and config in it)")
+    return state
+
+
+def checkpoint_config(state: dict[str, Any]) -> DictConfig:
+    return OmegaConf.create(state["config"])
+
+
+def architecture_differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    """What differs between two configs' `model` and `encoding` sections, as `key: x != y`."""
+    diffs = []
+    for section in ("model", "encoding"):
+        sa, sb = a.get(section, {}), b.get(section, {})
+        for key in sorted(set(sa) | set(sb)):
+            if key in ("dropout", "attention_dropout", "activation_dropout", "name"):
+                continue  # do not change the parameters
+            if key.startswith("rotary_scaling") or key == "rotary_factor":
+                continue  # evaluation-time options
+            if sa.get(key) != sb.get(key):
+                diffs.append(f"{section}.{key}: {sa.get(key)} != {sb.get(key)}")
+    return diffs
+
+
+def build_from_checkpoint(
+    path: str | Path, device: str | torch.device = "cpu", state: dict[str, Any] | None = None
+):
+    """(model in eval mode, composed config, Vocabulary) from a checkpoint file."""
+    from nmt.data.vocab import Vocabulary
+    from nmt.model import build_model
+
+    state = state if state is not None else load_checkpoint(path)
+    cfg = checkpoint_config(state)
+    vocab = Vocabulary.from_bytes(state["vocab_model"])
+    model = build_model(cfg, vocab.size)
+    model.load_state_dict(state["model"])
+    return model.to(device).eval(), cfg, vocab
+
+
+def average_checkpoints(paths: list[str | Path]) -> dict[str, Any]:
+    """The first checkpoint with its float parameters replaced by the mean over all `paths`.
+
+    Refuses checkpoints of different architectures or vocabularies, naming what differs.
+    """
+    if not paths:
+        raise CheckpointError("no checkpoints to average")
+    first = load_checkpoint(paths[0])
+    total = {k: v.double() if v.is_floating_point() else v for k, v in first["model"].items()}
+    for path in paths[1:]:
+        state = load_checkpoint(path)
+        diffs = architecture_differences(first["config"], state["config"])
+        if diffs:
+            raise CheckpointError(
+                f"cannot average {paths[0]} and {path}: different architectures ({'; '.join(diffs)})"
+            )
+        if state.get("vocab_fingerprint") != first.get("vocab_fingerprint"):
+            raise CheckpointError(f"cannot average {paths[0]} and {path}: different vocabularies")
+        for key, value in state["model"].items():
+            if value.is_floating_point():
+                total[key] += value.double()
+    averaged = {
+        k: (v / len(paths)).to(first["model"][k].dtype) if v.is_floating_point() else v
+        for k, v in total.items()
+    }
+    out = {k: v for k, v in first.items() if k in ("config", "vocab_model", "vocab_fingerprint", "step")}
+    out.update(model=averaged, averaged_from=[str(p) for p in paths])
+    return out
+
+
+def numbered_checkpoints(run_dir: str | Path) -> list[Path]:
+    """`checkpoint_<step>.pt` files of a run, oldest step first."""
+    found = [(int(m.group(1)), p) for p in Path(run_dir).glob("checkpoint_*.pt") if (m := NUMBERED.search(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`nmt-average`: average the last N checkpoints of a run, or an explicit list."""
+    parser = argparse.ArgumentParser(prog="nmt-average", description=main.__doc__)
+    parser.add_argument("inputs", nargs="*", help="checkpoint files to average")
+    parser.add_argument("--run", help="a run directory: average its numbered checkpoints")
+    parser.add_argument("--last", type=int, default=5, help="with --run: how many (default 5)")
+    parser.add_argument("-o", "--output", required=True, help="where to write the average")
+    args = parser.parse_args(argv)
+    paths: list[Path] = [Path(p) for p in args.inputs]
+    if args.run:
+        found = numbered_checkpoints(args.run)
+        if not found:
+            parser.error(f"no checkpoint_<step>.pt files in {args.run}")
+        paths += found[-args.last :]
+    if not paths:
+        parser.error("give checkpoint files, or --run DIR")
+    try:
+        save_checkpoint(args.output, average_checkpoints(paths))
+    except CheckpointError as err:
+        print(f"nmt-average: {err}", file=sys.stderr)
+        return 2
+    print(f"averaged {len(paths)} checkpoints into {args.output}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
