@@ -1,0 +1,615 @@
+"""`nmt-train`: train, validate, checkpoint, resume, and report BLEU on the test set.
+
+A Hydra app: `nmt-train model=small encoding=relative encoding.k=4 data=multi30k`.
+`torchrun --nproc_per_node=N -m nmt.train ...` trains with DistributedDataParallel.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import hydra
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from nmt.checkpoint import (
+    CheckpointError,
+    architecture_differences,
+    load_checkpoint,
+    numbered_checkpoints,
+    save_checkpoint,
+)
+from nmt.config import register_configs, relative_terms, to_container, validate
+from nmt.data import PAD, prepare_data
+from nmt.data.batching import collate, token_budget_batches
+from nmt.evaluate import evaluate_split
+from nmt.model import Transformer, build_model, parameter_counts
+
+log = logging.getLogger("nmt.train")
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (non-finite loss, unusable run directory); the message says why."""
+
+
+# ----------------------------------------------------------------------------------------
+# devices, precision, distributed
+
+
+@dataclass
+class Runtime:
+    device: torch.device
+    precision: str  # fp32 | bf16 | fp16
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def autocast(self):
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
+        return torch.autocast(device_type=self.device.type, dtype=dtype)
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """`auto` picks CUDA, then MPS, then CPU."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", local_rank)
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda":
+        return torch.device("cuda", local_rank)
+    return torch.device(name)
+
+
+def resolve_precision(name: str, device: torch.device) -> str:
+    """`auto`: bf16 on GPUs that support it, fp16 (with a grad scaler) on older GPUs, else fp32."""
+    if name != "auto":
+        return name
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "fp32"
+
+
+def init_runtime(cfg: DictConfig) -> Runtime:
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    device = resolve_device(cfg.train.device, local_rank)
+    if world_size > 1 and not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group(backend=backend)
+    if cfg.train.threads > 0:
+        torch.set_num_threads(cfg.train.threads)
+    return Runtime(device, resolve_precision(cfg.train.precision, device), rank, world_size)
+
+
+# ----------------------------------------------------------------------------------------
+# schedule and loss
+
+
+def inverse_sqrt_lr(step: int, d_model: int, warmup: int, scale: float) -> float:
+    """Vaswani et al. 2017 eq. (3): scale * d_model^-0.5 * min(step^-0.5, step * warmup^-1.5)."""
+    step = max(step, 1)
+    return scale * d_model**-0.5 * min(step**-0.5, step * warmup**-1.5)
+
+
+def label_smoothed_loss(logits: torch.Tensor, target: torch.Tensor, eps: float):
+    """Summed (label-smoothed loss, NLL) over non-padding targets; logits (B, T, V)."""
+    log_probs = F.log_softmax(logits.float(), dim=-1).view(-1, logits.size(-1))
+    target = target.reshape(-1)
+    keep = target.ne(PAD)
+    nll = -log_probs.gather(1, target.unsqueeze(1)).squeeze(1)
+    smooth = -log_probs.mean(dim=-1)  # eps spread uniformly over the vocabulary
+    loss = (1.0 - eps) * nll + eps * smooth
+    return loss[keep].sum(), nll[keep].sum()
+
+
+# ----------------------------------------------------------------------------------------
+# state
+
+
+@dataclass
+class Progress:
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0  # position in the epoch's batch list, for an exact resume
+    tokens: int = 0  # target tokens trained on (all ranks)
+    train_seconds: float = 0.0
+    best_bleu: float = -1.0
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class CheckpointKeeper:
+    """Writes checkpoint_<step>.pt, checkpoint_last.pt and checkpoint_best.pt; keeps the last N."""
+
+    def __init__(self, run_dir: Path, keep_last: int) -> None:
+        self.run_dir, self.keep_last = run_dir, keep_last
+
+    def save(self, state: dict[str, Any], step: int, best: bool) -> None:
+        last = self.run_dir / "checkpoint_last.pt"
+        if self.keep_last > 0:
+            numbered = self.run_dir / f"checkpoint_{step}.pt"
+            save_checkpoint(numbered, state)
+            _atomic_link(numbered, last)
+            for old in numbered_checkpoints(self.run_dir)[: -self.keep_last]:
+                old.unlink(missing_ok=True)
+        else:
+            save_checkpoint(last, state)
+        if best:
+            _atomic_link(last, self.run_dir / "checkpoint_best.pt")
+
+
+def _atomic_link(src: Path, dst: Path) -> None:
+    """dst becomes another name of src's complete file, atomically (hard link, else copy)."""
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(src, tmp)
+    except OSError:
+        import shutil
+
+        shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+
+
+# ----------------------------------------------------------------------------------------
+# the run
+
+
+class Trainer:
+    """One training run in `run_dir`; `run()` returns what is written to results.json."""
+
+    def __init__(self, cfg: DictConfig, run_dir: Path) -> None:
+        validate(cfg)
+        self.cfg, self.run_dir = cfg, Path(run_dir)
+        self.rt = init_runtime(cfg)
+        if self.rt.is_main:
+            check_writable(self.run_dir)
+        torch.manual_seed(cfg.seed)
+        random.seed(cfg.seed)
+        np.random.seed(cfg.seed)
+        self.data = prepare_data(cfg.data)
+        self.vocab = self.data.vocab
+        self.train_split = self.data.splits["train"]
+        self.model: Transformer = build_model(cfg, self.vocab.size).to(self.rt.device)
+        self.param_counts = parameter_counts(self.model)
+        t = cfg.train
+        self.optimizer = torch.optim.Adam(
+            self.model.parameters(), lr=1.0, betas=tuple(t.adam_betas), eps=t.adam_eps,
+            weight_decay=t.weight_decay,
+        )
+        d_model = cfg.model.d_model
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: inverse_sqrt_lr(s + 1, d_model, t.warmup_steps, t.lr_scale)
+        )
+        self.scaler = torch.amp.GradScaler(self.rt.device.type, enabled=self.rt.precision == "fp16")
+        self.progress = Progress()
+        self.keeper = CheckpointKeeper(self.run_dir, t.keep_last)
+        self.resumed_from: str | None = None
+        self._maybe_resume()
+        if not self.resumed_from:  # dropout streams differ per rank; a resume restores them
+            torch.manual_seed(cfg.seed + self.rt.rank)
+        self.ddp_model: torch.nn.Module = self.model
+        if self.rt.world_size > 1:
+            ids = [self.rt.device.index] if self.rt.device.type == "cuda" else None
+            self.ddp_model = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+        if t.compile:
+            self.ddp_model = torch.compile(self.ddp_model)
+        self.metrics_file = self.run_dir / "metrics.jsonl"
+        self.tb = _tensorboard(self.run_dir) if (t.tensorboard and self.rt.is_main) else None
+
+    # -- checkpoints ----------------------------------------------------------------------
+
+    def _state(self) -> dict[str, Any]:
+        p = self.progress
+        return {
+            "model": self.model.state_dict(),
+            "config": to_container(self.cfg),
+            "vocab_model": self.vocab.model_bytes,
+            "vocab_fingerprint": self.vocab.fingerprint,
+            "step": p.step,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": rng_state(),
+            "progress": {k: v for k, v in vars(p).items() if k != "history"},
+        }
+
+    def _maybe_resume(self) -> None:
+        last = self.run_dir / "checkpoint_last.pt"
+        if not (self.cfg.train.resume and last.exists()):
+            return
+        state = load_checkpoint(last, map_location="cpu")
+        diffs = architecture_differences(state["config"], to_container(self.cfg))
+        if diffs:
+            raise CheckpointError(
+                f"cannot resume from {last}: it is a different model ({'; '.join(diffs)}); "
+                f"use another run directory or train.resume=false"
+            )
+        if state.get("vocab_fingerprint") != self.vocab.fingerprint:
+            raise CheckpointError(
+                f"cannot resume from {last}: its vocabulary differs from this run's "
+                f"(data or data.vocab_size changed); use another run directory"
+            )
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        set_rng_state(state["rng"])
+        for key, value in state["progress"].items():
+            setattr(self.progress, key, value)
+        self.resumed_from = str(last)
+        log.info("resumed from %s at step %d", last, self.progress.step)
+
+    # -- logging --------------------------------------------------------------------------
+
+    def _record(self, values: dict[str, Any]) -> None:
+        if not self.rt.is_main:
+            return
+        with open(self.metrics_file, "a") as f:
+            f.write(json.dumps(values) + "\n")
+        if self.tb is not None:
+            for key, value in values.items():
+                if isinstance(value, (int, float)) and key != "step":
+                    self.tb.add_scalar(f"{values.get('split', 'train')}/{key}", value, values["step"])
+
+    # -- training -------------------------------------------------------------------------
+
+    def _epoch_batches(self, epoch: int) -> list[list[int]]:
+        split = self.train_split
+        return token_budget_batches(
+            [len(s) for s in split.src], [len(t) + 1 for t in split.tgt], self.cfg.train.max_tokens,
+            seed=self.cfg.seed, epoch=epoch, shuffle=True, rank=self.rt.rank,
+            world_size=self.rt.world_size,
+        )
+
+    def _batches(self):
+        """Yield (epoch, position after this batch, batch indices) from the saved position on."""
+        p, t = self.progress, self.cfg.train
+        epoch, start = p.epoch, p.batch_in_epoch
+        while t.max_epochs <= 0 or epoch < t.max_epochs:
+            batches = self._epoch_batches(epoch)
+            for pos in range(start, len(batches)):
+                yield epoch, pos + 1, batches[pos]
+            epoch, start = epoch + 1, 0
+
+    def _global_tokens(self, count: int) -> int:
+        if self.rt.world_size == 1:
+            return count
+        total = torch.tensor([count], device=self.rt.device)
+        dist.all_reduce(total)
+        return int(total.item())
+
+    def run(self) -> dict[str, Any]:
+        cfg, t, p, rt = self.cfg, self.cfg.train, self.progress, self.rt
+        if rt.is_main:
+            log.info(
+                "model=%s encoding=%s parameters=%s device=%s precision=%s world_size=%d run_dir=%s",
+                cfg.model.name, cfg.encoding.name, f"{self.param_counts['total']:,}", rt.device,
+                rt.precision, rt.world_size, self.run_dir,
+            )
+        self.ddp_model.train()
+        window = _Window()
+        batches = self._batches()
+        start_step, start_time = p.step, time.perf_counter()
+        pending: list[tuple[int, torch.Tensor]] = []  # (step, loss) checked at log time, no sync per step
+        exhausted = False
+        while p.step < t.max_steps and not exhausted:
+            group = []
+            for _ in range(t.update_freq):
+                item = next(batches, None)
+                if item is None:
+                    exhausted = True
+                    break
+                group.append(item)
+            if not group:
+                break
+            local_tokens = sum(self.train_split.tgt[i].size + 1 for _, _, b in group for i in b)
+            global_tokens = self._global_tokens(local_tokens)
+            step_loss = torch.zeros((), device=rt.device)
+            step_nll = torch.zeros((), device=rt.device)
+            for n, (_, _, indices) in enumerate(group):
+                batch = collate(self.train_split, indices).to(rt.device)
+                sync = n == len(group) - 1 or rt.world_size == 1
+                ctx = contextlib.nullcontext() if sync else self.ddp_model.no_sync()
+                with ctx, rt.autocast():
+                    logits = self.ddp_model(batch.src, batch.tgt_in)
+                loss, nll = label_smoothed_loss(logits, batch.tgt_out, t.label_smoothing)
+                # Sum over the step's tokens on all ranks, divided once: the gradient of the
+                # whole global batch; DDP averages over ranks, so scale by world_size back.
+                with ctx:
+                    self.scaler.scale(loss * (rt.world_size / global_tokens)).backward()
+                step_loss += loss.detach()
+                step_nll += nll.detach()
+            self.scaler.unscale_(self.optimizer)
+            if t.clip_norm > 0:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.clip_norm)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scheduler.step()
+            p.step += 1
+            p.epoch, p.batch_in_epoch = group[-1][0], group[-1][1]
+            p.tokens += global_tokens
+            window.add(step_loss, step_nll, global_tokens)
+            pending.append((p.step, step_loss))
+
+            last = p.step >= t.max_steps
+            if p.step % t.log_every == 0 or last:
+                self._check_finite(pending)
+                pending = []
+                self._log_train(window, start_step, start_time)
+            evaluate = p.step % t.eval_every == 0 or last
+            if p.step % t.save_every == 0 or evaluate or last:
+                self._check_finite(pending)
+                pending = []
+                bleu = self._validate() if evaluate and rt.is_main else None
+                p.train_seconds += time.perf_counter() - start_time
+                start_time, start_step = time.perf_counter(), p.step
+                if rt.is_main:
+                    improved = bleu is not None and bleu > p.best_bleu
+                    if improved:
+                        p.best_bleu = bleu
+                    self.keeper.save(self._state(), p.step, best=improved)
+                self.ddp_model.train()
+        self._check_finite(pending)
+        p.train_seconds += time.perf_counter() - start_time
+        if rt.is_main and not (self.run_dir / "checkpoint_last.pt").exists():
+            self.keeper.save(self._state(), p.step, best=True)
+        results = self._finish() if rt.is_main else {}
+        if rt.world_size > 1:
+            dist.barrier()
+        return results
+
+    def _check_finite(self, pending: list[tuple[int, torch.Tensor]]) -> None:
+        if not pending:
+            return
+        values = torch.stack([loss for _, loss in pending]).cpu()
+        bad = (~torch.isfinite(values)).nonzero()
+        if len(bad):
+            step = pending[int(bad[0])][0]
+            lr = self.optimizer.param_groups[0]["lr"]
+            raise TrainingError(
+                f"the loss became {values[int(bad[0])].item()} at step {step} (learning rate "
+                f"{lr:.3g}); the last good checkpoint is kept in {self.run_dir}. Lower "
+                f"train.lr_scale, raise train.warmup_steps, or set train.clip_norm"
+            )
+
+    def _log_train(self, window: _Window, start_step: int, start_time: float) -> None:
+        p, t = self.progress, self.cfg.train
+        loss_sum, nll_sum, tokens = window.flush()
+        if self.rt.world_size > 1:
+            both = torch.stack([loss_sum, nll_sum])
+            dist.all_reduce(both)
+            loss_sum, nll_sum = both[0], both[1]
+        loss, nll = (loss_sum / tokens).item(), (nll_sum / tokens).item()
+        elapsed = p.train_seconds + time.perf_counter() - start_time
+        steps_done = p.step - start_step
+        rate = steps_done / max(time.perf_counter() - start_time, 1e-9)
+        eta = (t.max_steps - p.step) / rate if rate > 0 else float("nan")
+        tok_s = tokens / max(window.seconds, 1e-9)
+        lr = self.optimizer.param_groups[0]["lr"]
+        record = {
+            "split": "train", "step": p.step, "epoch": p.epoch, "loss": loss, "nll": nll,
+            "ppl": math.exp(min(nll, 50)), "lr": lr, "tokens_per_s": tok_s, "elapsed_s": elapsed,
+        }
+        self._record(record)
+        if self.rt.is_main:
+            log.info(
+                "step %d/%d | epoch %d | loss %.3f | ppl %.2f | lr %.2e | %s tok/s | %s elapsed | ETA %s",
+                p.step, t.max_steps, p.epoch + 1, loss, record["ppl"], lr, f"{tok_s:,.0f}",
+                _hms(elapsed), _hms(eta),
+            )
+
+    @torch.no_grad()
+    def _validation_loss(self) -> dict[str, float]:
+        split, model = self.data.splits["valid"], self.model
+        model.eval()
+        loss_sum = nll_sum = 0.0
+        tokens = 0
+        batches = token_budget_batches(
+            [len(s) for s in split.src], [len(t) + 1 for t in split.tgt], self.cfg.train.max_tokens,
+            seed=0, epoch=0, shuffle=False,
+        )
+        for indices in batches:
+            batch = collate(split, indices).to(self.rt.device)
+            with self.rt.autocast():
+                logits = model(batch.src, batch.tgt_in)
+            loss, nll = label_smoothed_loss(logits, batch.tgt_out, self.cfg.train.label_smoothing)
+            loss_sum, nll_sum, tokens = loss_sum + loss.item(), nll_sum + nll.item(), tokens + batch.tgt_tokens
+        return {"loss": loss_sum / tokens, "nll": nll_sum / tokens, "ppl": math.exp(min(nll_sum / tokens, 50))}
+
+    def _decode(self, split_name: str, beam: int, max_sentences: int, hyp_path: Path | None) -> dict:
+        d = self.cfg.decode
+        with self.rt.autocast():
+            return evaluate_split(
+                self.model, self.vocab, self.data.splits[split_name], beam=beam,
+                alpha=d.alpha if beam > 1 else 0.0, max_len_a=d.max_len_a, max_len_b=d.max_len_b,
+                max_tokens=d.max_tokens, device=self.rt.device, max_sentences=max_sentences,
+                hyp_path=hyp_path,
+            )
+
+    def _validate(self) -> float:
+        t, p = self.cfg.train, self.progress
+        started = time.perf_counter()
+        losses = self._validation_loss()
+        scores = self._decode("valid", t.eval_beam, t.eval_max_sentences, None)
+        record = {
+            "split": "valid", "step": p.step, **losses, "bleu": scores["bleu"], "chrf": scores["chrf"],
+            "search": scores.get("search", "greedy" if t.eval_beam == 1 else f"beam{t.eval_beam}"),
+            "sentences": scores.get("sentences"), "seconds": time.perf_counter() - started,
+        }
+        self._record(record)
+        log.info(
+            "valid step %d | loss %.3f | ppl %.2f | BLEU %.2f | chrF %.2f (%s, %s sentences)",
+            p.step, losses["loss"], losses["ppl"], scores["bleu"], scores["chrf"],
+            record["search"], record["sentences"],
+        )
+        return float(scores["bleu"])
+
+    def _finish(self) -> dict[str, Any]:
+        cfg, p, d = self.cfg, self.progress, self.cfg.decode
+        averaged: list[str] = []
+        if cfg.train.average_last > 1:
+            from nmt.checkpoint import average_checkpoints
+
+            paths = numbered_checkpoints(self.run_dir)[-cfg.train.average_last :]
+            if len(paths) > 1:
+                averaged_state = average_checkpoints(paths)
+                self.model.load_state_dict(averaged_state["model"])
+                save_checkpoint(self.run_dir / "checkpoint_averaged.pt", averaged_state)
+                averaged = [str(x) for x in paths]
+        final = {}
+        for split in ("valid", "test"):
+            started = time.perf_counter()
+            scores = self._decode(split, d.beam, 0, self.run_dir / f"{split}.hyp.txt")
+            scores["seconds"] = time.perf_counter() - started
+            final[split] = scores
+            log.info(
+                "%s | BLEU %.2f | chrF %.2f | beam %d alpha %.2f | %s",
+                split, scores["bleu"], scores["chrf"], d.beam, d.alpha, scores.get("bleu_signature", ""),
+            )
+        keys, values = relative_terms(cfg.encoding)
+        results = {
+            "experiment": cfg.experiment,
+            "model": cfg.model.name,
+            "encoding": cfg.encoding.name,
+            "k": cfg.encoding.k if cfg.encoding.name in ("relative", "combined") else None,
+            "keys": keys if cfg.encoding.name in ("relative", "combined") else None,
+            "values": values if cfg.encoding.name in ("relative", "combined") else None,
+            "share_heads": cfg.encoding.share_heads,
+            "data": cfg.data.name,
+            "seed": cfg.seed,
+            "parameters": self.param_counts["total"],
+            "steps": p.step,
+            "epochs": p.epoch + p.batch_in_epoch / max(len(self._epoch_batches(p.epoch)), 1),
+            "train_seconds": p.train_seconds,
+            "train_tokens": p.tokens,
+            "train_tokens_per_s": p.tokens / max(p.train_seconds, 1e-9),
+            "device": str(self.rt.device),
+            "precision": self.rt.precision,
+            "world_size": self.rt.world_size,
+            "decode": {"beam": d.beam, "alpha": d.alpha, "max_len_a": d.max_len_a, "max_len_b": d.max_len_b},
+            "validation_during_training": {"beam": cfg.train.eval_beam, "max_sentences": cfg.train.eval_max_sentences},
+            "best_valid_bleu_during_training": p.best_bleu,
+            "averaged_checkpoints": averaged,
+            "valid": final["valid"],
+            "test": final["test"],
+            "resumed_from": self.resumed_from,
+            "status": "finished",
+        }
+        tmp = self.run_dir / ".results.json.tmp"
+        tmp.write_text(json.dumps(results, indent=2))
+        os.replace(tmp, self.run_dir / "results.json")
+        log.info("results written to %s", self.run_dir / "results.json")
+        return results
+
+
+class _Window:
+    """Loss sums and token counts since the last log line (device tensors: no sync per step)."""
+
+    def __init__(self) -> None:
+        self.loss = self.nll = None
+        self.tokens = 0
+        self.started = time.perf_counter()
+        self.seconds = 0.0
+
+    def add(self, loss: torch.Tensor, nll: torch.Tensor, tokens: int) -> None:
+        self.loss = loss if self.loss is None else self.loss + loss
+        self.nll = nll if self.nll is None else self.nll + nll
+        self.tokens += tokens
+
+    def flush(self):
+        out = (self.loss, self.nll, self.tokens)
+        self.seconds = time.perf_counter() - self.started
+        self.loss = self.nll = None
+        self.tokens = 0
+        self.started = time.perf_counter()
+        return out
+
+
+def _hms(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    seconds = int(seconds)
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m{seconds % 60:02d}s" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def _tensorboard(run_dir: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # the `tb` extra is not installed
+        return None
+    return SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+
+
+def check_writable(run_dir: Path) -> None:
+    """Fail before any work if the run directory cannot be written."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".write_test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as err:
+        raise TrainingError(
+            f"cannot write to the run directory {run_dir} ({err.strerror}); choose another with "
+            f"hydra.run.dir=DIR (or NMT_RUNS_DIR=DIR)"
+        ) from err
+
+
+def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
+    """Train (or resume) a run in `run_dir` and return its results."""
+    return Trainer(cfg, Path(run_dir)).run()
+
+
+register_configs()
+
+
+@hydra.main(version_base="1.3", config_path="pkg://nmt.conf", config_name="config")
+def _hydra_main(cfg: DictConfig) -> float:
+    results = train(cfg, Path(HydraConfig.get().runtime.output_dir))
+    # Returned for Hydra sweepers (e.g. Optuna): the validation BLEU.
+    return float(results.get("valid", {}).get("bleu", float("nan"))) if results else float("nan")
+
+
+def main() -> None:
+    _hydra_main()
+
+
+if __name__ == "__main__":
+    main()

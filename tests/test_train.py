@@ -1,0 +1,199 @@
+"""Training: exact resume, distributed == single process, crash-safe checkpoints, clear errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import nmt.train as train_module
+from nmt.checkpoint import CheckpointError, load_checkpoint
+from nmt.config import compose
+from nmt.train import TrainingError, train
+
+# A small, quick run: tiny model on a reduced toy task, no decoding of long outputs.
+QUICK = [
+    "model=tiny",
+    "encoding=relative",
+    "data.toy.train_size=600",
+    "data.toy.valid_size=8",
+    "data.toy.test_size=8",
+    "train.max_tokens=600",
+    "train.log_every=1",
+    "train.eval_every=1000",
+    "train.save_every=1000",
+    "train.warmup_steps=10",
+    "train.tensorboard=false",
+    "train.threads=1",
+    "decode.max_len_b=5",
+    "decode.max_len_a=0.5",
+]
+
+
+@pytest.fixture
+def quick_cfg(tmp_path):
+    def make(*overrides: str):
+        return compose([*QUICK, f"data.cache_dir={tmp_path / 'cache'}", *overrides])
+
+    return make
+
+
+def train_losses(run_dir: Path) -> dict[int, float]:
+    lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in lines if r["split"] == "train"}
+
+
+def test_resume_continues_the_same_run(quick_cfg, tmp_path) -> None:
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    train(quick_cfg("train.max_steps=8", "train.save_every=4"), straight)
+    train(quick_cfg("train.max_steps=4", "train.save_every=4"), resumed)
+    first = train_losses(resumed)
+    results = train(quick_cfg("train.max_steps=8", "train.save_every=4"), resumed)
+    assert results["resumed_from"].endswith("checkpoint_last.pt")
+    a, b = train_losses(straight), train_losses(resumed)
+    assert sorted(first) == [1, 2, 3, 4]
+    for step in range(5, 9):  # same data order, dropout draws and optimizer state
+        assert a[step] == pytest.approx(b[step], abs=1e-6), step
+    assert a[8] != pytest.approx(a[7])  # the loss moves, so equality above is not vacuous
+
+
+def test_results_file_has_what_a_report_needs(quick_cfg, tmp_path) -> None:
+    results = train(quick_cfg("train.max_steps=2"), tmp_path / "run")
+    on_disk = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert on_disk["steps"] == 2 and on_disk["encoding"] == "relative" and on_disk["k"] == 16
+    for split in ("valid", "test"):
+        assert "nrefs:1" in on_disk[split]["bleu_signature"] or "BLEU" in on_disk[split]["bleu_signature"]
+        assert 0.0 <= on_disk[split]["bleu"] <= 100.0
+        assert (tmp_path / "run" / f"{split}.hyp.txt").exists()
+    assert on_disk["parameters"] == results["parameters"] > 0
+    assert on_disk["train_tokens_per_s"] > 0
+
+
+def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(
+    quick_cfg, tmp_path, monkeypatch
+) -> None:
+    calls = {"n": 0}
+    real = train_module.label_smoothed_loss
+
+    def poisoned(logits, target, eps):
+        calls["n"] += 1
+        loss, nll = real(logits, target, eps)
+        return (loss * float("nan"), nll) if calls["n"] >= 3 else (loss, nll)
+
+    monkeypatch.setattr(train_module, "label_smoothed_loss", poisoned)
+    run = tmp_path / "run"
+    with pytest.raises(TrainingError, match=r"at step 3 \(learning rate"):
+        train(quick_cfg("train.max_steps=10", "train.save_every=1"), run)
+    state = load_checkpoint(run / "checkpoint_last.pt")
+    assert state["step"] == 2
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+def test_unwritable_run_directory_fails_before_work(quick_cfg, tmp_path) -> None:
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a directory")
+    with pytest.raises(TrainingError, match="cannot write to the run directory"):
+        train(quick_cfg("train.max_steps=1"), blocker / "run")
+
+
+def test_resume_refuses_a_checkpoint_of_another_model(quick_cfg, tmp_path) -> None:
+    run = tmp_path / "run"
+    train(quick_cfg("train.max_steps=1"), run)
+    with pytest.raises(CheckpointError, match=r"model.d_model: 64 != 32"):
+        train(quick_cfg("train.max_steps=2", "model.d_model=32"), run)
+
+
+def test_cfg_job_shows_the_composed_config() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "nmt.train", "--cfg", "job", "encoding=combined", "encoding.k=4"],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    assert "name: combined" in out and "k: 4" in out and "beam: 4" in out
+
+
+DDP_WORKER = """
+import os, sys, torch
+from nmt.config import compose
+from nmt.train import Trainer
+run_dir, cache, *overrides = sys.argv[1:]
+cfg = compose([*overrides, f"data.cache_dir={cache}"])
+trainer = Trainer(cfg, run_dir)
+trainer.run()
+torch.save(trainer.model.state_dict(), os.path.join(run_dir, f"rank{os.environ.get('RANK', '0')}.pt"))
+"""
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_match_one_process_on_the_same_global_batch(tmp_path) -> None:
+    worker = tmp_path / "worker.py"
+    worker.write_text(DDP_WORKER)
+    common = [*QUICK, "model.dropout=0.0", "train.max_steps=4", "train.device=cpu"]
+    cache = tmp_path / "cache"
+    single, multi = tmp_path / "single", tmp_path / "multi"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run(
+        [sys.executable, str(worker), str(single), str(cache), *common, "train.update_freq=2"],
+        check=True, env=env, capture_output=True,
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
+         str(worker), str(multi), str(cache), *common, "train.update_freq=1"],
+        env=env, capture_output=True, text=True,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rank0, rank1 = torch.load(multi / "rank0.pt"), torch.load(multi / "rank1.pt")
+    for name in rank0:
+        assert torch.equal(rank0[name], rank1[name]), name
+    a, b = train_losses(single), train_losses(multi)
+    assert sorted(a) == sorted(b) == [1, 2, 3, 4]
+    for step in a:
+        assert a[step] == pytest.approx(b[step], rel=1e-5), step
+    reference = torch.load(single / "rank0.pt")
+    for name in reference:
+        assert torch.allclose(reference[name], rank0[name], atol=1e-5), name
+
+
+@pytest.mark.slow
+def test_sigkill_during_checkpoint_saves_never_leaves_an_unreadable_checkpoint(tmp_path) -> None:
+    run = tmp_path / "run"
+    cmd = [
+        sys.executable, "-m", "nmt.train", *QUICK, "model=small", "train.save_every=1",
+        "train.keep_last=2", "train.max_steps=100000", f"data.cache_dir={tmp_path / 'cache'}",
+        f"hydra.run.dir={run}",
+    ]
+    kills = 0
+    for delay in (0.35, 0.6, 0.85, 1.1):
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 120
+        while not (run / "checkpoint_last.pt").exists() and time.time() < deadline:
+            time.sleep(0.05)
+        time.sleep(delay)  # save_every=1: most of the loop's time is spent writing checkpoints
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        kills += 1
+        state = load_checkpoint(run / "checkpoint_last.pt")
+        assert state["step"] >= 1
+    assert kills == 4
+
+
+@pytest.mark.slow
+def test_default_nmt_train_learns_the_toy_task_and_needs_word_order(tmp_path) -> None:
+    """`nmt-train` with no arguments: test BLEU >= 90; without positions it cannot be solved."""
+    results = {}
+    for encoding in ("relative", "none"):
+        run = tmp_path / encoding
+        subprocess.run(
+            ["nmt-train", f"encoding={encoding}", f"hydra.run.dir={run}",
+             f"data.cache_dir={tmp_path / 'cache'}"],
+            check=True, capture_output=True,
+        )
+        results[encoding] = json.loads((run / "results.json").read_text())["test"]["bleu"]
+    assert results["relative"] >= 90, results
+    assert results["none"] < results["relative"] - 30, results
