@@ -126,11 +126,13 @@ class RelativePositionBias(AttentionPositions):
         for table in (self.edge_keys, self.edge_values):
             if table is not None:
                 nn.init.normal_(table, std=d_head**-0.5)
-        self._index_cache: dict[tuple[int, int, int, torch.device], Tensor] = {}
+        # Keyed with the inference-mode flag: a tensor made under torch.inference_mode()
+        # cannot be saved for a later backward pass.
+        self._index_cache: dict[tuple[Any, ...], Tensor] = {}
 
     def bucket_index(self, q_start: int, q_len: int, k_len: int, device: torch.device) -> Tensor:
         """r(i, j) = clip(j - i, -k, k) + k for queries q_start.. and keys 0..; `(Nq, Nk)` long."""
-        key = (q_start, q_len, k_len, device)
+        key = (q_start, q_len, k_len, device, torch.is_inference_mode_enabled())
         index = self._index_cache.get(key)
         if index is None:
             i = torch.arange(q_start, q_start + q_len, device=device).unsqueeze(1)
@@ -140,65 +142,6 @@ class RelativePositionBias(AttentionPositions):
                 self._index_cache.clear()
             self._index_cache[key] = index
         return index
-
-    def score_bias(self, q: Tensor, q_start: int, k_len: int) -> Tensor:
-        """Additive logits `(B, H, Nq, Nk)`, unscaled (the caller divides by sqrt(d))."""
-        raise NotImplementedError
-
-    def value_term(self, weights: Tensor, q_start: int) -> Tensor:
-        """Term added to the attention output `(B, H, Nq, d)` from weights `(B, H, Nq, Nk)`."""
-        raise NotImplementedError
-
-
-class RelativePositionBias(AttentionPositions):
-    """Shaw et al. 2018 relative position representations with clipping distance k.
-
-    eq. (4):  e_ij = q_i . (k_j + a^K_ij) / sqrt(d),   eq. (3):  z_i = sum_j a_ij (v_j + a^V_ij),
-    eq. (6):  a^K_ij = w^K[clip(j - i, -k, k)],  with 2k+1 edge vectors per table.
-
-    The key term is `q @ E_K^T` (B, H, N, 2k+1) gathered to (B, H, N, N); the value term is
-    the weights summed per bucket (B, H, N, 2k+1) times E_V. No (N, N, d) tensor is built
-    (the paper's section 3.3).
-    """
-
-    def __init__(
-        self, heads: int, d_head: int, k: int, keys: bool, values: bool, share_heads: bool
-    ) -> None:
-        super().__init__()
-        if k < 0:
-            raise ConfigError(f"encoding.k={k} must be >= 0")
-        self.k, self.heads, self.d_head = k, heads, d_head
-        self.share_heads = share_heads
-        shape = (2 * k + 1, d_head) if share_heads else (heads, 2 * k + 1, d_head)
-        self.has_score_term, self.has_value_term = keys, values
-        self.edge_keys = nn.Parameter(torch.empty(shape)) if keys else None
-        self.edge_values = nn.Parameter(torch.empty(shape)) if values else None
-        for table in (self.edge_keys, self.edge_values):
-            if table is not None:
-                nn.init.normal_(table, std=d_head**-0.5)
-        self._index_cache: dict[tuple[int, int, int, torch.device], Tensor] = {}
-
-    def bucket_index(self, q_start: int, q_len: int, k_len: int, device: torch.device) -> Tensor:
-        """r(i, j) = clip(j - i, -k, k) + k for queries q_start.. and keys 0..; `(Nq, Nk)` long."""
-        key = (q_start, q_len, k_len, device)
-        index = self._index_cache.get(key)
-        if index is None:
-            i = torch.arange(q_start, q_start + q_len, device=device).unsqueeze(1)
-            j = torch.arange(k_len, device=device).unsqueeze(0)
-            index = (j - i).clamp(-self.k, self.k) + self.k
-            if len(self._index_cache) > 64:  # decoding visits many (q_start, k_len) pairs
-                self._index_cache.clear()
-            self._index_cache[key] = index
-        return index
-
-    def _per_bucket(self, x: Tensor, table: Tensor, per_head_equation: str) -> Tensor:
-        """x times an edge table. A shared (2k+1, d) table is one matmul; a per-head
-        (H, 2k+1, d) table is contracted per head with einsum, because broadcasting it in
-        `matmul` would copy it B times (and reduce its gradient B times)."""
-        table = table.to(x.dtype)
-        if self.share_heads:
-            return x @ (table.t() if per_head_equation.endswith("r") else table)
-        return torch.einsum(per_head_equation, x, table)
 
     def score_bias(self, q: Tensor, q_start: int, k_len: int) -> Tensor:
         B, H, Nq, _ = q.shape
@@ -238,7 +181,7 @@ class RotaryPositions(AttentionPositions):
 
     def _angles(self, start: int, length: int, device: torch.device, dtype: torch.dtype):
         scaled = not self.training and self.scaling != "none" and self.factor != 1.0
-        key = (start, length, device, dtype, scaled)
+        key = (start, length, device, dtype, scaled, torch.is_inference_mode_enabled())
         if key not in self._cos_sin:
             base, pos_scale = self.base, 1.0
             if scaled and self.scaling == "ntk":

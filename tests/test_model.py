@@ -191,3 +191,15 @@ def test_memory_measurement_sees_naive_edge_tensors() -> None:
     """The measurement above can fail: naive (N, N, d) edges blow far past the bound."""
     naive = peak_extra_mib("naive", 1024)
     assert naive > 512, f"naive edges measured at only {naive:.0f} MiB"
+
+
+@pytest.mark.parametrize("encoding", ["relative", "rotary"])
+def test_training_after_inference_mode_decoding(encoding: str) -> None:
+    """Position caches filled under inference_mode must not break a later backward pass."""
+    model = tiny(encoding)
+    src, tgt = torch.tensor([[5, 6, 7, 3]]), torch.tensor([[2, 8, 9, 10]])
+    with torch.inference_mode():
+        model(src, tgt)
+    model.train()
+    model(src, tgt).sum().backward()
+    assert all(p.grad is not None for p in model.parameters())
