@@ -74,8 +74,12 @@ def architecture_differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
     for section in ("model", "encoding"):
         sa, sb = a.get(section, {}), b.get(section, {})
         for key in sorted(set(sa) | set(sb)):
-            if key in ("dropout", "attention_dropout", "activation_dropout", "name"):
+            if key in ("dropout", "attention_dropout", "activation_dropout"):
                 continue  # do not change the parameters
+            if section == "model" and key == "name":
+                continue  # a preset's label; the sizes themselves are compared
+            # encoding.name is compared: absolute, rotary and none have the same parameters
+            # but different functions, so their average would be meaningless.
             if key.startswith("rotary_scaling") or key == "rotary_factor":
                 continue  # evaluation-time options
             if sa.get(key) != sb.get(key):
@@ -92,9 +96,28 @@ def build_from_checkpoint(
 
     state = state if state is not None else load_checkpoint(path)
     cfg = checkpoint_config(state)
+    if "vocab_model" not in state:
+        raise CheckpointError(f"{path} has no SentencePiece model in it; it cannot translate text")
     vocab = Vocabulary.from_bytes(state["vocab_model"])
+    expected = state.get("vocab_fingerprint")
+    if expected is not None and expected != vocab.fingerprint:
+        raise CheckpointError(
+            f"{path}: its vocabulary (fingerprint {vocab.fingerprint}) is not the one the model "
+            f"was trained with ({expected}); the file was assembled from different runs"
+        )
+    rows = state["model"].get("embedding.weight")
+    if rows is not None and rows.size(0) != vocab.size:
+        raise CheckpointError(
+            f"{path}: the model has {rows.size(0)} embedding rows but its vocabulary has "
+            f"{vocab.size} pieces; the weights and the vocabulary come from different runs"
+        )
     model = build_model(cfg, vocab.size)
-    model.load_state_dict(state["model"])
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as err:
+        raise CheckpointError(
+            f"{path}: the weights do not fit the architecture in its config ({err})"
+        ) from None
     return model.to(device).eval(), cfg, vocab
 
 
@@ -116,7 +139,18 @@ def average_checkpoints(paths: list[str | Path]) -> dict[str, Any]:
             )
         if state.get("vocab_fingerprint") != first.get("vocab_fingerprint"):
             raise CheckpointError(f"cannot average {paths[0]} and {path}: different vocabularies")
+        unshared = sorted(set(total) ^ set(state["model"]))
+        if unshared:
+            raise CheckpointError(
+                f"cannot average {paths[0]} and {path}: parameter {unshared[0]} is in only "
+                f"one of them"
+            )
         for key, value in state["model"].items():
+            if value.shape != total[key].shape:
+                raise CheckpointError(
+                    f"cannot average {paths[0]} and {path}: parameter {key} has shape "
+                    f"{tuple(total[key].shape)} in one and {tuple(value.shape)} in the other"
+                )
             if value.is_floating_point():
                 total[key] += value.double()
     averaged = {

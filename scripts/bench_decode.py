@@ -1,0 +1,183 @@
+"""Beam-search speed with the incremental cache against recomputing the whole prefix.
+
+    NMT_DATA_DIR=../shared/data python scripts/bench_decode.py model=small --limit 100
+    python scripts/bench_decode.py --input my.en --encodings relative,rotary model=base
+
+For each encoding, a model is built from the composed config (positional `key=value`
+overrides, e.g. `model=base`) with random weights, and the same sentences are decoded
+twice with the same search: with the cache (`decode_step`) and with `use_cache=False`
+(`model.decode` over the whole prefix at every step). Both runs must give the same
+hypotheses; the table reports how many do. The subword vocabulary is trained on the
+input text itself (`--vocab-size`), or taken with the model from `--checkpoint`.
+
+Random weights rarely predict EOS, so a hypothesis usually runs to max_len = a * src + b:
+`--max-len-b 0` gives outputs about as long as the sources, as a trained model's are.
+Prints a Markdown table and writes it with the raw numbers as JSON to `--out-dir`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from nmt.config import DataConfig, DecodeConfig, compose
+from nmt.model import build_model
+from nmt.search import EOS_ID
+from nmt.translate import read_lines, resolve_device, translate_ids, write_text_atomic
+
+ENCODINGS = ("absolute", "learned", "relative", "combined", "rotary", "none")
+
+
+def default_input() -> Path | None:
+    """$NMT_DATA_DIR/wmt14/newstest2014.en, if that variable is set."""
+    root = os.environ.get("NMT_DATA_DIR")
+    return Path(root) / "wmt14" / "newstest2014.en" if root else None
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    d = DecodeConfig()
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("overrides", nargs="*", help="config overrides, e.g. model=base")
+    p.add_argument("--input", type=Path, help="source text (default $NMT_DATA_DIR/wmt14/newstest2014.en)")
+    p.add_argument("--limit", type=int, default=0, help="decode only the first N non-empty lines")
+    p.add_argument("--encodings", default=",".join(ENCODINGS), help="comma-separated")
+    p.add_argument("--checkpoint", help="use this model and vocabulary instead (one encoding)")
+    p.add_argument("--vocab-size", type=int, default=DataConfig().vocab_size)
+    p.add_argument("--beam", type=int, default=d.beam)
+    p.add_argument("--alpha", type=float, default=d.alpha)
+    p.add_argument("--max-len-a", type=float, default=d.max_len_a)
+    p.add_argument("--max-len-b", type=int, default=d.max_len_b)
+    p.add_argument("--max-tokens", type=int, default=d.max_tokens)
+    p.add_argument("--device", default="cpu", help="cpu, cuda, mps or auto")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out-dir", type=Path, default=Path("results"), help="default ./results")
+    return p.parse_args(argv)
+
+
+def train_vocab(lines: list[str], size: int):
+    """A SentencePiece vocabulary trained on the benchmark text (speed only needs lengths)."""
+    from nmt.data.vocab import train_vocabulary
+
+    with tempfile.TemporaryDirectory() as tmp:
+        vocab = train_vocabulary(lines, Path(tmp) / "spm.model", vocab_size=size)
+        return type(vocab).from_bytes(vocab.model_bytes)
+
+
+def timed(model, src_ids, args, device, use_cache: bool):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    out = translate_ids(
+        model, src_ids, beam=args.beam, alpha=args.alpha, max_len_a=args.max_len_a,
+        max_len_b=args.max_len_b, max_tokens=args.max_tokens, device=device, use_cache=use_cache,
+    )
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return out, time.perf_counter() - start
+
+
+def bench_one(name: str, model, src_ids, args, device) -> dict:
+    model.to(device).eval()
+    cached, t_cache = timed(model, src_ids, args, device, use_cache=True)
+    full, t_full = timed(model, src_ids, args, device, use_cache=False)
+    same = sum(
+        [h.tokens for h in a] == [h.tokens for h in b] for a, b in zip(cached, full, strict=True)
+    )
+    tokens = sum(len(h[0].tokens) + 1 for h in cached)  # output tokens incl. EOS
+    n = len(src_ids)
+    row = {
+        "encoding": name, "sentences": n, "output_tokens": tokens, "identical": same,
+        "cache_seconds": round(t_cache, 3), "full_seconds": round(t_full, 3),
+        "cache_sent_per_s": round(n / t_cache, 2), "full_sent_per_s": round(n / t_full, 2),
+        "cache_tok_per_s": round(tokens / t_cache, 1), "full_tok_per_s": round(tokens / t_full, 1),
+        "speedup": round(t_full / t_cache, 2),
+    }
+    print(
+        f"{name:>9}: cache {t_cache:7.1f} s, full prefix {t_full:7.1f} s, x{row['speedup']:.2f}, "
+        f"identical {same}/{n}", file=sys.stderr,
+    )
+    return row
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = [
+        "| encoding | sentences | identical | cache sent/s | cache tok/s | full-prefix sent/s "
+        "| full-prefix tok/s | speed-up |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['encoding']} | {r['sentences']} | {r['identical']}/{r['sentences']} "
+            f"| {r['cache_sent_per_s']:.2f} | {r['cache_tok_per_s']:.0f} | {r['full_sent_per_s']:.2f} "
+            f"| {r['full_tok_per_s']:.0f} | {r['speedup']:.2f}x |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    source = args.input or default_input()
+    if source is None:
+        sys.exit("bench_decode: give --input FILE, or set NMT_DATA_DIR to the directory holding wmt14/")
+    if not source.is_file():
+        sys.exit(f"bench_decode: {source} does not exist")
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    lines = [line.strip() for line in read_lines(str(source)) if line.strip()]
+    bench_lines = lines[: args.limit] if args.limit > 0 else lines
+
+    if args.checkpoint:
+        from nmt.checkpoint import build_from_checkpoint
+
+        model, cfg, vocab = build_from_checkpoint(args.checkpoint, device)
+        models = [(cfg.encoding.name, lambda: model)]
+    else:
+        vocab = train_vocab(lines, args.vocab_size)
+
+        def make(encoding: str):
+            def build():
+                torch.manual_seed(args.seed)
+                cfg = compose([*args.overrides, f"encoding={encoding}"])
+                return build_model(cfg, vocab.size)
+
+            return build
+
+        models = [(e, make(e)) for e in args.encodings.split(",")]
+    src_ids = [[*vocab.encode(line), EOS_ID] for line in bench_lines]
+    src_tokens = sum(len(s) for s in src_ids)
+    print(
+        f"{len(src_ids)} sentences, {src_tokens / len(src_ids):.1f} source subwords on average, "
+        f"beam {args.beam}, max_len {args.max_len_a} * src + {args.max_len_b}, device {device}, "
+        f"{torch.get_num_threads()} threads",
+        file=sys.stderr,
+    )
+    rows = [bench_one(name, build(), src_ids, args, device) for name, build in models]
+    table = markdown(rows)
+    print(table)
+    meta = {
+        "input": source.name, "sentences": len(src_ids), "source_tokens": src_tokens,
+        "overrides": args.overrides, "beam": args.beam, "alpha": args.alpha,
+        "max_len_a": args.max_len_a, "max_len_b": args.max_len_b, "max_tokens": args.max_tokens,
+        "vocab_size": vocab.size, "device": str(device), "threads": torch.get_num_threads(),
+        "torch": torch.__version__, "cpu": platform.processor() or platform.machine(),
+        "checkpoint": args.checkpoint,
+    }
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(args.out_dir / "bench_decode.md", [table])
+    write_text_atomic(args.out_dir / "bench_decode.json", [json.dumps({"meta": meta, "rows": rows}, indent=2)])
+    print(f"wrote {args.out_dir / 'bench_decode.md'} and .json", file=sys.stderr)
+    return 0 if all(r["identical"] == r["sentences"] for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,97 @@
+"""Checkpoint averaging: the mean of the parameters, and refusal of other architectures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from nmt.checkpoint import (
+    CheckpointError,
+    average_checkpoints,
+    load_checkpoint,
+    main,
+    numbered_checkpoints,
+    save_checkpoint,
+)
+from nmt.config import compose, to_container
+from nmt.model import build_model
+
+VOCAB = 50
+
+
+def write(path: Path, *overrides: str, seed: int = 0, fingerprint: str = "v1") -> Path:
+    torch.manual_seed(seed)
+    cfg = compose(["model=tiny", *overrides])
+    model = build_model(cfg, VOCAB)
+    save_checkpoint(path, {
+        "model": model.state_dict(), "config": to_container(cfg), "vocab_model": b"spm",
+        "vocab_fingerprint": fingerprint, "step": seed,
+    })
+    return path
+
+
+def test_the_average_is_the_mean_of_every_parameter(tmp_path) -> None:
+    paths = [write(tmp_path / f"checkpoint_{i}.pt", seed=i) for i in range(3)]
+    states = [load_checkpoint(p)["model"] for p in paths]
+    avg = average_checkpoints(paths)
+    assert set(avg["model"]) == set(states[0])
+    for key, value in avg["model"].items():
+        expected = sum(s[key].double() for s in states) / 3
+        assert value.dtype == states[0][key].dtype
+        torch.testing.assert_close(value.double(), expected, rtol=0, atol=1e-6)
+    assert not torch.equal(avg["model"]["embedding.weight"], states[0]["embedding.weight"])
+    assert avg["averaged_from"] == [str(p) for p in paths]
+    assert avg["vocab_model"] == b"spm"
+
+
+@pytest.mark.parametrize(
+    "overrides,named",
+    [
+        (["model.d_model=32"], "model.d_model: 64 != 32"),
+        (["encoding.k=4"], "encoding.k: 16 != 4"),
+        (["encoding=rotary"], "encoding.name: relative != rotary"),
+    ],
+)
+def test_a_different_architecture_is_refused_naming_the_key(tmp_path, overrides, named) -> None:
+    a = write(tmp_path / "a.pt")
+    b = write(tmp_path / "b.pt", *overrides)
+    with pytest.raises(CheckpointError, match="different architectures") as err:
+        average_checkpoints([a, b])
+    assert named in str(err.value)
+
+
+def test_same_parameters_but_other_encoding_is_refused(tmp_path) -> None:
+    # absolute and none have identical parameter sets; their average would mean nothing.
+    a = write(tmp_path / "a.pt", "encoding=absolute")
+    b = write(tmp_path / "b.pt", "encoding=none")
+    with pytest.raises(CheckpointError, match="encoding.name: absolute != none"):
+        average_checkpoints([a, b])
+
+
+def test_dropout_may_differ_but_the_vocabulary_may_not(tmp_path) -> None:
+    a = write(tmp_path / "a.pt")
+    average_checkpoints([a, write(tmp_path / "b.pt", "model.dropout=0.3", seed=1)])
+    with pytest.raises(CheckpointError, match="different vocabularies"):
+        average_checkpoints([a, write(tmp_path / "c.pt", fingerprint="v2")])
+
+
+def test_missing_checkpoint_is_a_clear_error(tmp_path) -> None:
+    with pytest.raises(CheckpointError, match="does not exist"):
+        average_checkpoints([write(tmp_path / "a.pt"), tmp_path / "gone.pt"])
+
+
+def test_nmt_average_takes_the_last_n_numbered_checkpoints_in_step_order(tmp_path, capsys) -> None:
+    for step in (2, 9, 10):
+        write(tmp_path / f"checkpoint_{step}.pt", seed=step)
+    assert [p.name for p in numbered_checkpoints(tmp_path)] == [
+        "checkpoint_2.pt", "checkpoint_9.pt", "checkpoint_10.pt",
+    ]
+    out = tmp_path / "avg.pt"
+    assert main(["--run", str(tmp_path), "--last", "2", "-o", str(out)]) == 0
+    avg = load_checkpoint(out)
+    assert [Path(p).name for p in avg["averaged_from"]] == ["checkpoint_9.pt", "checkpoint_10.pt"]
+    assert main([str(tmp_path / "nope.pt"), "-o", str(tmp_path / "x.pt")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "x.pt").exists()

@@ -1,0 +1,218 @@
+"""nmt-translate and nmt-evaluate end to end on a tiny random-weight checkpoint of the toy task."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from nmt import evaluate, translate
+from nmt.checkpoint import build_from_checkpoint, save_checkpoint
+from nmt.config import compose, to_container
+from nmt.data import prepare_data
+from nmt.model import build_model
+from nmt.search import EOS_ID, beam_search
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny matrices: a second thread only adds contention on a shared 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+SHORT = ["--max-len-a", "0", "--max-len-b", "8"]  # random weights rarely say EOS: keep it short
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    """(prepared toy data, its config) with a small training split, cached in a temp dir."""
+    cache = tmp_path_factory.mktemp("cache")
+    cfg = compose([f"data.cache_dir={cache}", "data.toy.train_size=2000", "data.toy.test_size=40"])
+    return prepare_data(cfg.data), cfg
+
+
+def make_checkpoint(path: Path, cfg, vocab, seed: int = 0) -> Path:
+    torch.manual_seed(seed)
+    model = build_model(cfg, vocab.size)
+    save_checkpoint(
+        path,
+        {
+            "model": model.state_dict(),
+            "config": to_container(cfg),
+            "vocab_model": vocab.model_bytes,
+            "vocab_fingerprint": vocab.fingerprint,
+            "step": 0,
+        },
+    )
+    return path
+
+
+@pytest.fixture(scope="module")
+def ckpt(toy, tmp_path_factory) -> Path:
+    data, cfg = toy
+    return make_checkpoint(tmp_path_factory.mktemp("run") / "checkpoint_best.pt", cfg, data.vocab)
+
+
+def run_translate(monkeypatch, capsys, argv: list[str], stdin: str = "") -> tuple[int, str, str]:
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(stdin.encode("utf-8"))))
+    code = translate.main(argv)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_translate_ids_keeps_input_order_across_batches(toy, ckpt) -> None:
+    data, _ = toy
+    model, _, _ = build_from_checkpoint(ckpt)
+    test = data.splits["test"]
+    src = [test.src[i] for i in range(12)]
+    # A budget of ~2 sentences per batch: several batches, sorted by length internally.
+    results = translate.translate_ids(
+        model, src, beam=3, alpha=0.6, max_len_a=0, max_len_b=8, max_tokens=40, nbest=2
+    )
+    for ids, hyps in zip(src, results, strict=True):
+        alone = beam_search(
+            model, torch.tensor([list(map(int, ids))]), beam=3, max_len_a=0, max_len_b=8,
+            nbest=2,
+        )[0]
+        assert [h.tokens for h in hyps] == [h.tokens for h in alone]
+
+
+def test_empty_lines_give_empty_lines(monkeypatch, capsys, toy, ckpt) -> None:
+    data, _ = toy
+    lines = ["", data.splits["test"].src_text[0], "   ", data.splits["test"].src_text[1], ""]
+    code, out, err = run_translate(monkeypatch, capsys, [str(ckpt), *SHORT], "\n".join(lines) + "\n")
+    assert code == 0, err
+    got = out.split("\n")
+    assert got[-1] == "" and len(got) == len(lines) + 1
+    assert [got[i] for i in (0, 2, 4)] == ["", "", ""]
+    assert got[1] and got[3]
+
+
+def test_nbest_file_output(tmp_path, toy, ckpt) -> None:
+    data, _ = toy
+    src = tmp_path / "in.txt"
+    src.write_text("\n".join(data.splits["test"].src_text[:3]) + "\n", encoding="utf-8")
+    out = tmp_path / "out" / "hyp.txt"
+    code = translate.main([str(ckpt), "-i", str(src), "-o", str(out), "--beam", "3", "--nbest", "2",
+                           "--quiet", *SHORT])
+    assert code == 0
+    rows = [line.split(" ||| ") for line in out.read_text(encoding="utf-8").splitlines()]
+    assert [int(r[0]) for r in rows] == [0, 0, 1, 1, 2, 2]
+    for first, second in zip(rows[::2], rows[1::2], strict=True):
+        assert float(first[2]) >= float(second[2])
+    assert not list(out.parent.glob(".*.tmp")), "the temporary file is gone"
+
+
+def test_missing_checkpoint_gives_a_clear_message(monkeypatch, capsys, tmp_path) -> None:
+    out = tmp_path / "out.txt"
+    code, _, err = run_translate(
+        monkeypatch, capsys, [str(tmp_path / "nope.pt"), "-o", str(out)], "a line\n"
+    )
+    assert code == 2
+    assert "nope.pt does not exist" in err and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_checkpoint_with_another_vocabulary_is_refused(monkeypatch, capsys, tmp_path, toy) -> None:
+    data, cfg = toy
+    other = prepare_data(
+        compose([f"data.cache_dir={tmp_path / 'c'}", "data.toy.train_size=2000", "data.toy.seed=7",
+                 "data.vocab_size=400"]).data
+    ).vocab
+    state = torch.load(make_checkpoint(tmp_path / "a.pt", cfg, data.vocab), weights_only=False)
+    state["vocab_model"] = other.model_bytes  # weights of one run, vocabulary of another
+    save_checkpoint(tmp_path / "mixed.pt", state)
+    code, _, err = run_translate(monkeypatch, capsys, [str(tmp_path / "mixed.pt")], "ba ke\n")
+    assert code == 2 and "vocabulary" in err and "Traceback" not in err
+
+
+def test_too_long_line_for_learned_positions_is_refused(tmp_path, capsys, toy) -> None:
+    data, _ = toy
+    cfg = compose(["encoding=learned", "encoding.max_len=12", "data.max_len=8"])
+    path = make_checkpoint(tmp_path / "learned.pt", cfg, data.vocab)
+    words = data.splits["test"].src_text[0].split()
+    src = tmp_path / "in.txt"
+    src.write_text(" ".join(words[:3]) + "\n" + " ".join(words * 4) + "\n", encoding="utf-8")
+    out = tmp_path / "out.txt"
+    code = translate.main([str(path), "-i", str(src), "-o", str(out), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "line 2 has" in err and "encoding.max_len=12" in err
+    assert not out.exists()
+
+
+def test_help_says_what_happens_to_long_lines_and_nbest(capsys) -> None:
+    with pytest.raises(SystemExit):
+        translate.main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "learned absolute positions" in text and "|||" in text
+
+
+def sacrebleu_cli(ref: Path, hyp: Path, *extra: str) -> str:
+    cmd = [sys.executable, "-m", "sacrebleu", str(ref), "-i", str(hyp), "-b", *extra]
+    return subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip()
+
+
+def test_evaluate_bleu_equals_the_sacrebleu_command_line(tmp_path, capsys, toy, ckpt) -> None:
+    data, _ = toy
+    # References that partly agree with what this random model says, so BLEU is neither 0
+    # nor 100: its own outputs with one word dropped from every other line.
+    test = data.splits["test"]
+    sources = list(test.src_text[:30])
+    hyps = translate.translate_ids(
+        build_from_checkpoint(ckpt)[0],
+        [[*data.vocab.encode(s), EOS_ID] for s in sources], max_len_a=0, max_len_b=8,
+    )
+    refs = []
+    for i, h in enumerate(hyps):
+        words = data.vocab.decode(h[0].tokens).split()
+        refs.append(" ".join(words[1:] if i % 2 else words) or "x")
+    root = tmp_path / "corpus"
+    root.mkdir()
+    for split in ("train", "valid", "test"):
+        (root / f"{split}.src").write_text("\n".join(sources) + "\n", encoding="utf-8")
+        (root / f"{split}.tgt").write_text("\n".join(refs) + "\n", encoding="utf-8")
+
+    out_dir = tmp_path / "eval"
+    code = evaluate.main([
+        str(ckpt), "data.source=local", f"data.root={root}", "data.src=src", "data.tgt=tgt",
+        "--beam", "4", *SHORT, "-o", str(out_dir), "--quiet",
+    ])
+    printed = capsys.readouterr().out
+    assert code == 0
+    result = json.loads((out_dir / "eval.json").read_text())
+    assert 5 < result["bleu"] < 95, "the test needs a BLEU that is neither 0 nor 100"
+    assert result["sentences"] == 30 and result["search"] == "beam"
+    cli = sacrebleu_cli(out_dir / "ref.txt", out_dir / "hyp.txt", "-w", "4")
+    assert float(cli) == pytest.approx(result["bleu"], abs=1e-4)
+    assert f"BLEU      : {float(cli):.2f}" in printed
+    assert "| source subwords |" in printed  # the Markdown length table
+    assert sum(row["sentences"] for row in result["by_length"]) == 30
+
+
+def test_evaluate_averages_several_checkpoints_on_the_checkpoints_own_test_set(
+    tmp_path, capsys, toy, ckpt
+) -> None:
+    _, cfg = toy
+    vocab = toy[0].vocab
+    second = make_checkpoint(tmp_path / "checkpoint_2.pt", cfg, vocab, seed=1)
+    code = evaluate.main([str(ckpt), str(second), "--beam", "1", "--max-sentences", "10",
+                          *SHORT, "-o", str(tmp_path / "ev"), "--quiet", "--buckets", "5,10"])
+    assert code == 0, capsys.readouterr().err
+    result = json.loads((tmp_path / "ev" / "eval.json").read_text())
+    assert result["averaged"] and result["search"] == "greedy" and result["sentences"] == 10
+    assert [row["bucket"] for row in result["by_length"]] == ["1-5", "6-10", "11+"]
+    assert len((tmp_path / "ev" / "hyp.txt").read_text(encoding="utf-8").splitlines()) == 10
+
+
+def test_evaluate_rejects_a_bad_override(capsys, ckpt) -> None:
+    assert evaluate.main([str(ckpt), "model.d_model=8"]) == 2
+    assert "cannot override model.d_model=8" in capsys.readouterr().err
