@@ -25,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from nmt.config import DecodeConfig
+from nmt.device import resolve_device
 from nmt.metrics import (
     DEFAULT_LENGTH_EDGES,
     bleu_by_length,
@@ -38,7 +39,6 @@ from nmt.translate import (
     decode_settings,
     model_device,
     one_line,
-    resolve_device,
     translate_ids,
     write_text_atomic,
 )

@@ -35,6 +35,7 @@ from nmt.checkpoint import (
 from nmt.config import register_configs, relative_terms, to_container, validate
 from nmt.data import PAD, prepare_data
 from nmt.data.batching import collate, token_budget_batches
+from nmt.device import autocast, resolve_device, resolve_precision
 from nmt.evaluate import evaluate_split
 from nmt.model import Transformer, build_model, parameter_counts
 
@@ -61,32 +62,7 @@ class Runtime:
         return self.rank == 0
 
     def autocast(self):
-        if self.precision == "fp32":
-            return contextlib.nullcontext()
-        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
-        return torch.autocast(device_type=self.device.type, dtype=dtype)
-
-
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """`auto` picks CUDA, then MPS, then CPU."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", local_rank)
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name == "cuda":
-        return torch.device("cuda", local_rank)
-    return torch.device(name)
-
-
-def resolve_precision(name: str, device: torch.device) -> str:
-    """`auto`: bf16 on GPUs that support it, fp16 (with a grad scaler) on older GPUs, else fp32."""
-    if name != "auto":
-        return name
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "fp32"
+        return autocast(self.device, self.precision)
 
 
 def init_runtime(cfg: DictConfig) -> Runtime:
@@ -461,7 +437,7 @@ class Trainer:
                 self.model, self.vocab, self.data.splits[split_name], beam=beam,
                 alpha=d.alpha if beam > 1 else 0.0, max_len_a=d.max_len_a, max_len_b=d.max_len_b,
                 max_tokens=d.max_tokens, device=self.rt.device, max_sentences=max_sentences,
-                hyp_path=hyp_path,
+                hyp_path=hyp_path, length_edges=list(d.length_buckets),
             )
 
     def _validate(self) -> float:

@@ -23,7 +23,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from nmt.config import DEVICES, DecodeConfig
+from nmt.config import DEVICES, ConfigError, DecodeConfig
+from nmt.device import resolve_device
 from nmt.search import (
     EOS_ID,
     PAD_ID,
@@ -36,23 +37,6 @@ from nmt.search import (
 
 class TranslateError(ValueError):
     """Input the model cannot translate; the message names the line and what to do."""
-
-
-def resolve_device(name: str) -> torch.device:
-    """`auto` picks CUDA, then Apple MPS, then CPU; an explicit device must be available."""
-    if name not in DEVICES:
-        raise TranslateError(f"device {name!r} is unknown; choose one of {', '.join(DEVICES)}")
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise TranslateError("--device cuda: no CUDA device is available (use auto or cpu)")
-    if name == "mps" and not torch.backends.mps.is_available():
-        raise TranslateError("--device mps: Apple MPS is not available (use auto or cpu)")
-    return torch.device(name)
 
 
 def model_device(model: Any) -> torch.device:
@@ -283,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
             max_tokens=settings.max_tokens, nbest=args.nbest or 1, device=device,
             progress=args.input not in (None, "-") and not args.quiet,
         )
-    except (CheckpointError, TranslateError, DataError) as err:
+    except (CheckpointError, TranslateError, DataError, ConfigError) as err:
         print(f"nmt-translate: {err}", file=sys.stderr)
         return 2
     out = format_output(vocab, results, nbest=args.nbest is not None)

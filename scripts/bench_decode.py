@@ -29,9 +29,10 @@ from pathlib import Path
 import torch
 
 from nmt.config import DataConfig, DecodeConfig, compose
+from nmt.device import resolve_device
 from nmt.model import build_model
 from nmt.search import EOS_ID
-from nmt.translate import read_lines, resolve_device, translate_ids, write_text_atomic
+from nmt.translate import read_lines, translate_ids, write_text_atomic
 
 ENCODINGS = ("absolute", "learned", "relative", "combined", "rotary", "none")
 

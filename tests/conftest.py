@@ -10,6 +10,10 @@ import torch
 
 REPO = Path(__file__).resolve().parent.parent
 
+# Unit tests run tiny models: one thread is as fast, and immune to the OpenMP slowdown
+# two threads suffer when another process shares a 2-core machine.
+torch.set_num_threads(1)
+
 
 def shared_data_dir() -> Path | None:
     """NMT_DATA_DIR if set, else the workplace's ../shared/data beside the repository."""

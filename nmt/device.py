@@ -1,0 +1,45 @@
+"""Where and in which precision to run: device and autocast choices shared by every command."""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from nmt.config import DEVICES, ConfigError
+
+
+def resolve_device(name: str, index: int = 0) -> torch.device:
+    """`auto` picks CUDA, then Apple MPS, then CPU; an explicit device must be available."""
+    if name not in DEVICES:
+        raise ConfigError(f"device {name!r} is unknown; choose one of {', '.join(DEVICES)}")
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", index)
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError("device cuda: no CUDA device is available (use auto or cpu)")
+        return torch.device("cuda", index)
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("device mps: Apple MPS is not available (use auto or cpu)")
+    return torch.device(name)
+
+
+def resolve_precision(name: str, device: torch.device) -> str:
+    """`auto`: bf16 on GPUs that support it, fp16 (with a grad scaler) on older GPUs, else fp32."""
+    if name != "auto":
+        return name
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "fp32"
+
+
+def autocast(device: torch.device, precision: str):
+    """The autocast context for a precision (`fp32`: none)."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
