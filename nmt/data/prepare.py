@@ -1,0 +1,288 @@
+"""From a data config to cached SentencePiece ids: resolve, check, key, lock, build or load.
+
+Cache layout under `data.cache_dir` (default ~/.cache/nmt, or $NMT_CACHE_DIR):
+
+    vocab/<kind>-<src>-<tgt>-<vocab key>/spm.model     joint SentencePiece model
+    data/<kind>-<src>-<tgt>-<data key>/                 one prepared corpus:
+        spm.model                                       a copy, so the entry stands alone
+        meta.json                                       settings, split names, counts, timings
+        {train,valid,test}.{src,tgt}.ids.npy            all ids of a side, flat int32
+        {train,valid,test}.{src,tgt}.offsets.npy        N + 1 offsets into it
+        {train,valid,test}.{src,tgt}.txt                the raw sentences kept, one per line
+    locks/<key>.lock                                    filelock, one per entry
+    tmp/                                                entries being built (renamed when done)
+
+The vocab key hashes the training split's content and the SentencePiece settings; the data
+key hashes the vocab key, the content of the other splits, the split names and the filter
+settings. So changing `max_len` re-encodes without re-training SentencePiece, and anything
+else that changes the result gives a new entry. An entry directory only ever appears
+complete: it is built in tmp/ and renamed, under a lock, so concurrent runs build it once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from filelock import FileLock, Timeout
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from nmt.config import ConfigError, _validate_data
+from nmt.data.corpora import ROLES, Corpus, ParallelText, open_corpus
+from nmt.data.errors import DataError
+from nmt.data.store import EncodedSplit, RaggedIds, write_text
+from nmt.data.vocab import EOS, Vocabulary, train_vocabulary
+
+FORMAT_VERSION = 1  # bump when the on-disk layout or the encoding changes
+SPM_SAMPLE_SEED = 0
+log = logging.getLogger("nmt.data")
+
+
+@dataclass
+class PreparedData:
+    """The vocabulary and the encoded train / valid / test splits of one data config."""
+
+    vocab: Vocabulary
+    splits: dict[str, EncodedSplit]
+    path: Path  # the cache entry
+    cache_hit: bool
+    meta: dict[str, Any]
+
+
+def resolve_data_config(data_cfg: Any) -> dict[str, Any]:
+    """The data config as a plain, validated dict with interpolations resolved."""
+    if dataclasses.is_dataclass(data_cfg):
+        data_cfg = OmegaConf.structured(data_cfg)
+    elif isinstance(data_cfg, Mapping) and not isinstance(data_cfg, DictConfig):
+        data_cfg = OmegaConf.create(dict(data_cfg))
+    _validate_data(data_cfg)
+    try:
+        cfg = OmegaConf.to_container(data_cfg, resolve=True)
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"cannot resolve the data config: {str(exc).splitlines()[0]}") from None
+    cfg["cache_dir"] = os.path.expanduser(cfg["cache_dir"])  # type: ignore[index]
+    return cfg  # type: ignore[return-value]
+
+
+def prepare_data(data_cfg: Any) -> PreparedData:
+    """Build (once) or load from the cache the vocabulary and encoded splits of `data_cfg`."""
+    cfg = resolve_data_config(data_cfg)
+    corpus = open_corpus(cfg)  # raises on a missing file, split or language before any work
+    names = {role: cfg[f"{role}_split"] for role in ROLES}
+    fingerprints = {role: corpus.fingerprint(split) for role, split in names.items()}
+    vocab_key = _hash(
+        format=FORMAT_VERSION, kind=corpus.kind, train=fingerprints["train"],
+        src=cfg["src"], tgt=cfg["tgt"], vocab_size=cfg["vocab_size"],
+        model_type=cfg["spm_model_type"], coverage=cfg["spm_character_coverage"],
+        max_sentences=cfg["spm_max_sentences"], seed=SPM_SAMPLE_SEED,
+    )
+    data_key = _hash(
+        vocab=vocab_key, valid=fingerprints["valid"], test=fingerprints["test"],
+        names=names, max_len=cfg["max_len"], max_len_ratio=cfg["max_len_ratio"],
+    )
+    root = Path(cfg["cache_dir"])
+    stem = f"{corpus.kind}-{cfg['src']}-{cfg['tgt']}"
+    entry = root / "data" / f"{stem}-{data_key[:20]}"
+    vocab_dir = root / "vocab" / f"{stem}-{vocab_key[:20]}"
+
+    with _locked(root, entry.name):
+        if entry.is_dir():
+            try:
+                data = load_prepared(entry, cache_hit=True)
+                data.meta["name"] = cfg["name"]  # same content may be cached under another label
+                log.info("cache hit %s", entry)
+                return data
+            except (OSError, ValueError, KeyError) as exc:  # a damaged entry: rebuild it
+                log.warning("cache entry %s is unreadable (%s); rebuilding", entry, exc)
+                _remove(entry, root)
+        log.info("cache miss, building %s", entry)
+        start = time.perf_counter()
+        with _atomic_dir(entry, root) as tmp:
+            meta = _build(cfg, corpus, names, tmp, root, vocab_dir)
+            meta.update(
+                format=FORMAT_VERSION, name=cfg["name"], source=cfg["source"], src=cfg["src"],
+                tgt=cfg["tgt"], data_key=data_key, vocab_key=vocab_key, fingerprints=fingerprints,
+                settings={k: v for k, v in cfg.items() if k not in ("toy", "cache_dir")}
+                | ({"toy": cfg["toy"]} if corpus.kind == "toy" else {}),
+                build_seconds=round(time.perf_counter() - start, 3),
+            )
+            (tmp / "meta.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
+        log.info("built in %.1f s", time.perf_counter() - start)
+        return load_prepared(entry, cache_hit=False)
+
+
+def load_prepared(entry: Path, cache_hit: bool = True) -> PreparedData:
+    """Open a cache entry written by `prepare_data` (ids memory-mapped, text read on demand)."""
+    meta = json.loads((entry / "meta.json").read_text(encoding="utf-8"))
+    if meta.get("format") != FORMAT_VERSION:
+        raise ValueError(f"format {meta.get('format')} is not {FORMAT_VERSION}")
+    vocab = Vocabulary.load(entry / "spm.model")
+    splits = {}
+    for role in ROLES:
+        info = meta["splits"][role]
+        splits[role] = EncodedSplit(
+            info["name"],
+            RaggedIds.load(entry, f"{role}.src"),
+            RaggedIds.load(entry, f"{role}.tgt"),
+            text_files=(entry / f"{role}.src.txt", entry / f"{role}.tgt.txt"),
+        )
+        if len(splits[role]) != info["pairs"]:
+            raise ValueError(f"{role}: {len(splits[role])} pairs, meta.json says {info['pairs']}")
+    return PreparedData(vocab, splits, entry, cache_hit, meta)
+
+
+def _build(
+    cfg: dict[str, Any], corpus: Corpus, names: dict[str, str], out: Path, root: Path, vocab_dir: Path
+) -> dict[str, Any]:
+    """Read, check, train or reuse SentencePiece, encode, filter train; write into `out`."""
+    # Reading every split first means a bad file fails before SentencePiece starts.
+    texts = {role: corpus.read(split) for role, split in names.items()}
+    train = texts["train"]
+    nonempty = np.fromiter((bool(s and t) for s, t in zip(train.src, train.tgt, strict=True)),
+                           dtype=bool, count=len(train))
+    if not nonempty.any():
+        raise DataError(
+            f"the training split {names['train']!r} is empty after filtering: all {len(train)} "
+            f"pairs have an empty side"
+        )
+    vocab = _vocabulary(cfg, train, nonempty, vocab_dir, root)
+    shutil.copyfile(vocab.path, out / "spm.model")
+
+    meta: dict[str, Any] = {"vocab": {"size": vocab.size, "fingerprint": vocab.fingerprint}, "splits": {}}
+    for role, text in texts.items():
+        src = _encode(vocab, text.src, append=EOS)
+        tgt = _encode(vocab, text.tgt)
+        if role == "train":
+            keep, counts = _filter(src.lengths - 1, tgt.lengths, nonempty, cfg["max_len"], cfg["max_len_ratio"])
+            log.info(
+                "train %s: kept %d of %d pairs (dropped: %d empty, %d over max_len=%d "
+                "subwords, %d with length ratio over max_len_ratio=%g)", names[role],
+                counts["kept"], counts["read"], counts["empty"], counts["too_long"],
+                cfg["max_len"], counts["ratio"], cfg["max_len_ratio"],
+            )
+            if counts["kept"] == 0:
+                raise DataError(
+                    f"the training split {names['train']!r} is empty after filtering: of "
+                    f"{counts['read']} pairs, {counts['empty']} are empty, {counts['too_long']} "
+                    f"exceed data.max_len={cfg['max_len']} subwords and {counts['ratio']} exceed "
+                    f"data.max_len_ratio={cfg['max_len_ratio']}; raise those limits"
+                )
+            src, tgt = src.select(keep), tgt.select(keep)
+            idx = np.flatnonzero(keep)
+            text = ParallelText([text.src[i] for i in idx], [text.tgt[i] for i in idx])
+        else:
+            counts = {"read": len(text), "kept": len(text)}  # valid and test are never filtered
+        src.save(out, f"{role}.src")
+        tgt.save(out, f"{role}.tgt")
+        write_text(out / f"{role}.src.txt", text.src)
+        write_text(out / f"{role}.tgt.txt", text.tgt)
+        meta["splits"][role] = {
+            "name": names[role], "pairs": len(src), "filter": counts,
+            "src_tokens": int(len(src.flat) - len(src)), "tgt_tokens": int(len(tgt.flat)),
+        }
+    return meta
+
+
+def _vocabulary(
+    cfg: dict[str, Any], train: ParallelText, nonempty: np.ndarray, vocab_dir: Path, root: Path
+) -> Vocabulary:
+    """The cached SentencePiece model for this training split and settings, trained if absent."""
+    model = vocab_dir / "spm.model"
+    with _locked(root, vocab_dir.name):
+        if model.is_file():
+            log.info("reusing vocabulary %s", model)
+            return Vocabulary.load(model)
+        idx = np.flatnonzero(nonempty)
+        limit = max(1, cfg["spm_max_sentences"] // 2)  # pairs: each gives two sentences
+        if len(idx) > limit:
+            rng = np.random.default_rng(SPM_SAMPLE_SEED)
+            idx = np.sort(rng.choice(idx, size=limit, replace=False))
+            log.info("training SentencePiece on a sample of %d of %d pairs", limit, nonempty.sum())
+        sentences = [train.src[i] for i in idx] + [train.tgt[i] for i in idx]
+        start = time.perf_counter()
+        with _atomic_dir(vocab_dir, root) as tmp:
+            train_vocabulary(
+                sentences, tmp / "spm.model", vocab_size=cfg["vocab_size"],
+                model_type=cfg["spm_model_type"], character_coverage=cfg["spm_character_coverage"],
+            )
+        log.info("trained SentencePiece (%s, %d pieces) in %.1f s",
+                 cfg["spm_model_type"], cfg["vocab_size"], time.perf_counter() - start)
+        return Vocabulary.load(model)
+
+
+def _encode(vocab: Vocabulary, texts: list[str], append: int | None = None) -> RaggedIds:
+    """Encode in chunks straight into int32 arrays (lists of Python ints would not fit for WMT)."""
+    chunk = 100_000
+    return RaggedIds.concat([
+        RaggedIds.from_lists(vocab.encode_batch(texts[i : i + chunk]), append=append)
+        for i in range(0, len(texts), chunk)
+    ])
+
+
+def _filter(
+    slen: np.ndarray, tlen: np.ndarray, nonempty: np.ndarray, max_len: int, max_ratio: float
+) -> tuple[np.ndarray, dict[str, int]]:
+    """Keep mask of training pairs and counts per reason (each pair counted under its first)."""
+    too_long = nonempty & ((slen > max_len) | (tlen > max_len))
+    ratio = np.maximum(slen, tlen) / np.maximum(np.minimum(slen, tlen), 1)
+    bad_ratio = nonempty & ~too_long & (ratio > max_ratio)
+    keep = nonempty & ~too_long & ~bad_ratio
+    counts = {
+        "read": len(slen), "empty": int((~nonempty).sum()), "too_long": int(too_long.sum()),
+        "ratio": int(bad_ratio.sum()), "kept": int(keep.sum()),
+    }
+    return keep, counts
+
+
+def _hash(**items: Any) -> str:
+    return hashlib.sha256(json.dumps(items, sort_keys=True, default=str).encode()).hexdigest()
+
+
+@contextmanager
+def _locked(root: Path, name: str) -> Iterator[None]:
+    """Hold the lock of one cache entry; say so when another process holds it."""
+    (root / "locks").mkdir(parents=True, exist_ok=True)
+    lock = FileLock(root / "locks" / f"{name}.lock")
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        log.info("another process is preparing %s; waiting for it", name)
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+@contextmanager
+def _atomic_dir(final: Path, root: Path) -> Iterator[Path]:
+    """A fresh directory under root/tmp that becomes `final` by one rename, or vanishes on error."""
+    tmp = root / "tmp" / f"{final.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _remove(entry: Path, root: Path) -> None:
+    """Delete a cache entry: rename it away first so no reader sees it half-deleted."""
+    trash = root / "tmp" / f"{entry.name}.trash.{uuid.uuid4().hex[:8]}"
+    trash.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(entry, trash)
+    shutil.rmtree(trash, ignore_errors=True)

@@ -1,0 +1,251 @@
+"""Local {split}.{lang}[.gz] corpora: prepare, cache, filters, and every bad-input message."""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import multiprocessing
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import nmt.data.prepare as prepare_mod
+from nmt.config import ConfigError, DataConfig
+from nmt.data import EOS, DataError, prepare_data
+
+EN = "the a cat dog sees runs house tree big small red blue man woman child plays with on in".split()
+DE = "der die das Katze Hund sieht läuft Haus Baum groß klein rot blau Mann Frau Kind spielt mit auf".split()
+SIZES = {"train": 300, "valid": 20, "test": 25}
+
+
+def sentences(words: list[str], n: int, seed: int) -> list[str]:
+    """n random sentences; the lengths depend on n only, so both sides of a split match."""
+    lengths = random.Random(n).choices(range(3, 13), k=n)
+    rng = random.Random(seed)
+    return [" ".join(rng.choice(words) for _ in range(k)) for k in lengths]
+
+
+def write(path: Path, lines: list[str]) -> None:
+    data = "".join(line + "\n" for line in lines).encode("utf-8")
+    path.write_bytes(gzip.compress(data) if path.suffix == ".gz" else data)
+
+
+def make_corpus(root: Path) -> Path:
+    """train as .gz, valid and test as plain text: both layouts in one corpus."""
+    root.mkdir(parents=True, exist_ok=True)
+    for k, (split, n) in enumerate(SIZES.items()):
+        suffix = ".gz" if split == "train" else ""
+        write(root / f"{split}.en{suffix}", sentences(EN, n, 2 * k))
+        write(root / f"{split}.de{suffix}", sentences(DE, n, 2 * k + 1))
+    return root
+
+
+def config(root: Path, cache: Path, **kw) -> DataConfig:
+    kw = {"vocab_size": 320, "spm_model_type": "bpe", **kw}
+    return DataConfig(name="local", source="local", root=str(root), src="en", tgt="de",
+                      cache_dir=str(cache), **kw)
+
+
+def assert_no_entry(cache: Path) -> None:
+    """Nothing half-written: no data entry, nothing left in tmp/."""
+    for sub in ("data", "tmp"):
+        leftovers = list((cache / sub).iterdir()) if (cache / sub).exists() else []
+        assert leftovers == [], leftovers
+
+
+@pytest.fixture
+def corpus(tmp_path) -> Path:
+    return make_corpus(tmp_path / "corpus")
+
+
+def test_prepare_reads_encodes_and_round_trips(corpus, tmp_path):
+    data = prepare_data(config(corpus, tmp_path / "cache"))
+    assert not data.cache_hit
+    assert {role: len(s) for role, s in data.splits.items()} == SIZES
+    assert data.splits["valid"].name == "valid"
+    test = data.splits["test"]
+    expected_src = sentences(EN, 25, 4)
+    assert list(test.src_text) == expected_src and list(test.tgt_text) == sentences(DE, 25, 5)
+    for i in range(len(test)):
+        assert test.src[i].dtype == np.int32 and int(test.src[i][-1]) == EOS
+        assert EOS not in test.tgt[i].tolist()
+        assert data.vocab.decode(test.src[i]) == expected_src[i]
+        assert data.vocab.decode(test.tgt[i]) == test.tgt_text[i]
+    assert data.splits["train"].src_text[0] == sentences(EN, 300, 0)[0]  # lazily read
+    assert data.path.parent == tmp_path / "cache" / "data"
+
+
+def test_second_call_is_a_cache_hit(corpus, tmp_path, monkeypatch):
+    cfg = config(corpus, tmp_path / "cache")
+    first = prepare_data(cfg)
+
+    def fail(*args, **kwargs):
+        raise AssertionError("rebuilt although cached")
+
+    monkeypatch.setattr(prepare_mod, "train_vocabulary", fail)
+    monkeypatch.setattr(prepare_mod, "_build", fail)
+    second = prepare_data(cfg)
+    assert second.cache_hit and second.path == first.path
+    assert second.vocab.fingerprint == first.vocab.fingerprint
+    assert all(np.array_equal(a, b) for a, b in zip(first.splits["train"].src, second.splits["train"].src, strict=True))
+
+
+def test_key_follows_content_and_filter_settings(corpus, tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    base = prepare_data(config(corpus, cache))
+    calls = []
+    real = prepare_mod.train_vocabulary
+    monkeypatch.setattr(prepare_mod, "train_vocabulary", lambda *a, **k: calls.append(1) or real(*a, **k))
+    # a new filter setting re-encodes but reuses the SentencePiece model
+    other = prepare_data(config(corpus, cache, max_len=8))
+    assert not other.cache_hit and other.path != base.path and calls == []
+    assert other.vocab.fingerprint == base.vocab.fingerprint
+    assert len(other.splits["train"]) < len(base.splits["train"])
+    # a changed training file trains a new vocabulary
+    write(corpus / "train.de.gz", sentences(DE, 300, 99))
+    changed = prepare_data(config(corpus, cache))
+    assert not changed.cache_hit and changed.path != base.path and calls == [1]
+
+
+def test_filters_count_and_log_but_never_touch_valid_and_test(tmp_path, caplog):
+    root = make_corpus(tmp_path / "c")
+    src, tgt = sentences(EN, 300, 0), sentences(DE, 300, 1)
+    src[0] = ""  # empty source
+    tgt[1] = "   "  # empty target (whitespace only)
+    src[2] = " ".join(["house"] * 100)  # too long
+    src[3], tgt[3] = "the cat", "der die das Katze Hund sieht läuft Haus Baum groß"  # ratio
+    write(root / "train.en.gz", src)
+    write(root / "train.de.gz", tgt)
+    write(root / "valid.en", [""] + sentences(EN, 19, 2))  # an empty validation line stays
+    with caplog.at_level(logging.INFO, logger="nmt.data"):
+        data = prepare_data(config(root, tmp_path / "cache", max_len=80, max_len_ratio=3.0))
+    f = data.meta["splits"]["train"]["filter"]
+    assert (f["read"], f["empty"], f["too_long"], f["ratio"], f["kept"]) == (300, 2, 1, 1, 296)
+    assert "kept 296 of 300 pairs (dropped: 2 empty, 1 over max_len=80 subwords, 1 with length ratio" in caplog.text
+    assert src[4] == data.splits["train"].src_text[0]  # the filtered pairs are gone, order kept
+    assert len(data.splits["valid"]) == 20 and data.splits["valid"].src_text[0] == ""
+
+
+def test_crlf_and_unicode_line_separators_keep_alignment(tmp_path):
+    root = make_corpus(tmp_path / "c")
+    en = sentences(EN, 20, 2)
+    en[3] = "the cat\u2028sees a dog"  # U+2028 must not start a new line
+    (root / "valid.en").write_bytes(("\r\n".join(en) + "\r\n").encode())
+    data = prepare_data(config(root, tmp_path / "cache"))
+    assert len(data.splits["valid"]) == 20
+    assert data.splits["valid"].src_text[3] == en[3] and data.splits["valid"].src_text[4] == en[4]
+
+
+def test_damaged_cache_entry_is_rebuilt(corpus, tmp_path):
+    cfg = config(corpus, tmp_path / "cache")
+    first = prepare_data(cfg)
+    (first.path / "test.src.ids.npy").unlink()
+    again = prepare_data(cfg)
+    assert not again.cache_hit and len(again.splits["test"]) == SIZES["test"]
+
+
+# ------------------------------------------------------------------ bad input, one message each
+
+
+def test_missing_root(tmp_path):
+    with pytest.raises(DataError, match=r"data.root=.*nowhere is not a directory; set data.root=DIR"):
+        prepare_data(config(tmp_path / "nowhere", tmp_path / "cache"))
+    assert_no_entry(tmp_path / "cache")
+
+
+def test_missing_file_names_its_path(corpus, tmp_path):
+    (corpus / "test.de").unlink()
+    with pytest.raises(DataError) as err:
+        prepare_data(config(corpus, tmp_path / "cache"))
+    msg = str(err.value)
+    assert f"missing file {corpus / 'test.de[.gz]'}" in msg and "split 'test' has only en" in msg
+    assert_no_entry(tmp_path / "cache")
+
+
+def test_unknown_split_lists_the_splits(corpus, tmp_path):
+    with pytest.raises(DataError, match=r"unknown split 'dev' \(data.valid_split\).*splits in .* are test, train, valid"):
+        prepare_data(config(corpus, tmp_path / "cache", valid_split="dev"))
+    assert_no_entry(tmp_path / "cache")
+
+
+def test_unknown_language_pair_lists_the_languages(corpus, tmp_path):
+    cfg = config(corpus, tmp_path / "cache")
+    cfg.tgt = "fr"
+    with pytest.raises(DataError, match=r"unknown language pair en-fr: .* languages in .* are de, en"):
+        prepare_data(cfg)
+    assert_no_entry(tmp_path / "cache")
+
+
+def test_different_line_counts_name_both_files_and_counts(corpus, tmp_path):
+    write(corpus / "valid.de", sentences(DE, 19, 3))
+    with pytest.raises(DataError) as err:
+        prepare_data(config(corpus, tmp_path / "cache"))
+    msg = str(err.value)
+    assert f"{corpus / 'valid.en'} has 20 lines but {corpus / 'valid.de'} has 19" in msg
+    assert_no_entry(tmp_path / "cache")
+
+
+def test_invalid_utf8_names_file_and_line_before_any_work(corpus, tmp_path, monkeypatch):
+    monkeypatch.setattr(prepare_mod, "train_vocabulary", lambda *a, **k: pytest.fail("trained"))
+    lines = sentences(DE, 300, 1)
+    raw = "".join(line + "\n" for line in lines[:4]).encode() + "Müller\n".encode("latin-1")
+    (corpus / "train.de.gz").write_bytes(gzip.compress(raw + "\n".join(lines[5:]).encode()))
+    with pytest.raises(DataError, match=r"train.de.gz, line 5: invalid UTF-8 \(byte 0xfc at column 2\)"):
+        prepare_data(config(corpus, tmp_path / "cache"))
+    assert_no_entry(tmp_path / "cache")
+
+
+def test_empty_training_set(corpus, tmp_path):
+    write(corpus / "train.en.gz", [""] * 300)
+    with pytest.raises(DataError, match="'train' is empty after filtering: all 300 pairs have an empty side"):
+        prepare_data(config(corpus, tmp_path / "cache"))
+    assert_no_entry(tmp_path / "cache")
+
+
+def test_empty_training_set_after_length_filter(corpus, tmp_path):
+    with pytest.raises(DataError, match=r"empty after filtering: of 300 pairs, 0 are empty, 300 exceed data.max_len=2"):
+        prepare_data(config(corpus, tmp_path / "cache", max_len=2))
+    assert_no_entry(tmp_path / "cache")
+
+
+def test_unset_environment_variable_for_root(tmp_path, monkeypatch):
+    from nmt.config import compose
+
+    monkeypatch.delenv("NMT_DATA_DIR", raising=False)
+    cfg = compose(["data=multi30k", f"data.cache_dir={tmp_path}"])
+    with pytest.raises(ConfigError, match="data.root cannot be resolved .*NMT_DATA_DIR"):
+        prepare_data(cfg.data)
+
+
+def _prepare_in_child(root: str, cache: str, count: str, results) -> None:
+    """Run in a forked process: prepare with a slowed-down SentencePiece training."""
+    import time
+
+    real = prepare_mod.train_vocabulary
+
+    def slow(*args, **kwargs):
+        with open(count, "a") as f:
+            f.write("x")
+        time.sleep(1.0)  # widen the window in which the other process must wait
+        return real(*args, **kwargs)
+
+    prepare_mod.train_vocabulary = slow
+    results.put(prepare_data(config(Path(root), Path(cache))).cache_hit)
+
+
+def test_concurrent_processes_build_once(corpus, tmp_path):
+    """Two processes start together; one trains and encodes, the other waits and loads."""
+    ctx = multiprocessing.get_context("fork")  # fork: no second import of torch, a fast test
+    results = ctx.Queue()
+    args = (str(corpus), str(tmp_path / "cache"), str(tmp_path / "trainings"), results)
+    procs = [ctx.Process(target=_prepare_in_child, args=args) for _ in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=120)
+    assert [p.exitcode for p in procs] == [0, 0]
+    assert sorted(results.get(timeout=1) for _ in procs) == [False, True]
+    assert (tmp_path / "trainings").read_text() == "x"  # SentencePiece trained once
+    assert len(list((tmp_path / "cache" / "data").iterdir())) == 1
