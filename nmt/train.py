@@ -34,7 +34,7 @@ from nmt.checkpoint import (
 )
 from nmt.config import register_configs, relative_terms, to_container, validate
 from nmt.data import PAD, prepare_data
-from nmt.data.batching import collate, token_budget_batches
+from nmt.data.batching import collate, split_batches
 from nmt.device import autocast, resolve_device, resolve_precision
 from nmt.evaluate import evaluate_split
 from nmt.model import Transformer, build_model, parameter_counts
@@ -267,11 +267,9 @@ class Trainer:
     # -- training -------------------------------------------------------------------------
 
     def _epoch_batches(self, epoch: int) -> list[list[int]]:
-        split = self.train_split
-        return token_budget_batches(
-            [len(s) for s in split.src], [len(t) + 1 for t in split.tgt], self.cfg.train.max_tokens,
-            seed=self.cfg.seed, epoch=epoch, shuffle=True, rank=self.rt.rank,
-            world_size=self.rt.world_size,
+        return split_batches(
+            self.train_split, self.cfg.train.max_tokens, seed=self.cfg.seed, epoch=epoch,
+            shuffle=True, rank=self.rt.rank, world_size=self.rt.world_size,
         )
 
     def _batches(self):
@@ -315,7 +313,8 @@ class Trainer:
                 group.append(item)
             if not group:
                 break
-            local_tokens = sum(self.train_split.tgt[i].size + 1 for _, _, b in group for i in b)
+            tgt_lens = self.train_split.tgt_lens
+            local_tokens = int(sum(tgt_lens[b].sum() + len(b) for _, _, b in group))  # + EOS each
             global_tokens = self._global_tokens(local_tokens)
             step_loss = torch.zeros((), device=rt.device)
             step_nll = torch.zeros((), device=rt.device)
@@ -418,10 +417,7 @@ class Trainer:
         model.eval()
         loss_sum = nll_sum = 0.0
         tokens = 0
-        batches = token_budget_batches(
-            [len(s) for s in split.src], [len(t) + 1 for t in split.tgt], self.cfg.train.max_tokens,
-            seed=0, epoch=0, shuffle=False,
-        )
+        batches = split_batches(split, self.cfg.train.max_tokens, seed=0, epoch=0, shuffle=False)
         for indices in batches:
             batch = collate(split, indices).to(self.rt.device)
             with self.rt.autocast():
