@@ -136,7 +136,7 @@ def test_relative_without_keys_and_values_is_refused() -> None:
 
 MEMORY_SCRIPT = textwrap.dedent(
     """
-    import json, resource, sys, torch
+    import json, sys, torch
     from omegaconf import OmegaConf
     from nmt.attention import MultiHeadAttention
     from nmt.encodings import RelativePositionBias
@@ -161,13 +161,18 @@ MEMORY_SCRIPT = textwrap.dedent(
 
     run = naive if variant == "naive" else (lambda x: attn(x))
     run(x[:, :8]).sum().backward()  # warm up kernels and allocator at a small size
-    def rss():
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * 4096
-    base = rss()
+
+    def status_kib(field):
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
+
+    # VmHWM is this process's own peak (ru_maxrss is not: Linux carries the parent's peak
+    # across fork + exec). Writing 5 to clear_refs resets the peak to the current RSS.
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    base = status_kib("VmRSS")
     run(x).sum().backward()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    print(json.dumps({"extra_mib": (peak - base) / 2**20}))
+    print(json.dumps({"extra_mib": (status_kib("VmHWM") - base) / 1024}))
     """
 )
 
