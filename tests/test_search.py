@@ -20,16 +20,6 @@ from nmt.search import (
     max_output_lengths,
 )
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny matrices: a second thread only adds contention on a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 ENCODINGS = ["absolute", "learned", "relative", "combined", "rotary", "none"]
 
 # ---------------------------------------------------------------------------------------------

@@ -18,16 +18,6 @@ from nmt.data import prepare_data
 from nmt.model import build_model
 from nmt.search import EOS_ID, beam_search
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny matrices: a second thread only adds contention on a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 SHORT = ["--max-len-a", "0", "--max-len-b", "8"]  # random weights rarely say EOS: keep it short
 
 
