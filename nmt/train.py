@@ -320,14 +320,14 @@ class Trainer:
             step_nll = torch.zeros((), device=rt.device)
             for n, (_, _, indices) in enumerate(group):
                 batch = collate(self.train_split, indices).to(rt.device)
-                sync = n == len(group) - 1 or rt.world_size == 1
-                ctx = contextlib.nullcontext() if sync else self.ddp_model.no_sync()
-                with ctx, rt.autocast():
-                    logits = self.ddp_model(batch.src, batch.tgt_in)
-                loss, nll = label_smoothed_loss(logits, batch.tgt_out, t.label_smoothing)
-                # Sum over the step's tokens on all ranks, divided once: the gradient of the
-                # whole global batch; DDP averages over ranks, so scale by world_size back.
-                with ctx:
+                # DDP all-reduces gradients only on the step's last batch.
+                accumulate = rt.world_size > 1 and n < len(group) - 1
+                with self.ddp_model.no_sync() if accumulate else contextlib.nullcontext():
+                    with rt.autocast():
+                        logits = self.ddp_model(batch.src, batch.tgt_in)
+                    loss, nll = label_smoothed_loss(logits, batch.tgt_out, t.label_smoothing)
+                    # Summed over the step's tokens on all ranks and divided once: the gradient
+                    # of the whole global batch. DDP averages over ranks: scale by world_size.
                     self.scaler.scale(loss * (rt.world_size / global_tokens)).backward()
                 step_loss += loss.detach()
                 step_nll += nll.detach()

@@ -138,13 +138,14 @@ def test_two_gloo_processes_match_one_process_on_the_same_global_batch(tmp_path)
     cache = tmp_path / "cache"
     single, multi = tmp_path / "single", tmp_path / "multi"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # 2 ranks x 2 accumulated batches per step == 1 process x 4 batches per step.
     subprocess.run(
-        [sys.executable, str(worker), str(single), str(cache), *common, "train.update_freq=2"],
+        [sys.executable, str(worker), str(single), str(cache), *common, "train.update_freq=4"],
         check=True, env=env, capture_output=True,
     )
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
-         str(worker), str(multi), str(cache), *common, "train.update_freq=1"],
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+         str(worker), str(multi), str(cache), *common, "train.update_freq=2"],
         env=env, capture_output=True, text=True,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -157,6 +158,10 @@ def test_two_gloo_processes_match_one_process_on_the_same_global_batch(tmp_path)
         assert a[step] == pytest.approx(b[step], rel=1e-5), step
     reference = torch.load(single / "rank0.pt")
     for name in reference:
+        # A key bias adds q.b to every logit of a query, which softmax cancels: its gradient
+        # is zero up to rounding, and Adam scales that rounding noise up to a full step.
+        if name.endswith("k_proj.bias"):
+            continue
         assert torch.allclose(reference[name], rank0[name], atol=1e-5), name
 
 
