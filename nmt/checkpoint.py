@@ -47,6 +47,15 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
         raise
 
 
+def remove_partial_writes(directory: str | Path) -> list[Path]:
+    """Delete temp files a killed `save_checkpoint` left in `directory` (SIGKILL skips cleanup)."""
+    removed = []
+    for tmp in Path(directory).glob(".*.pt.*.tmp"):
+        tmp.unlink(missing_ok=True)
+        removed.append(tmp)
+    return removed
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Read a checkpoint written by `save_checkpoint`, with one clear error if it cannot be."""
     path = Path(path)

@@ -30,6 +30,7 @@ from nmt.checkpoint import (
     architecture_differences,
     load_checkpoint,
     numbered_checkpoints,
+    remove_partial_writes,
     save_checkpoint,
 )
 from nmt.config import register_configs, relative_terms, to_container, validate
@@ -176,6 +177,7 @@ class Trainer:
         self.rt = init_runtime(cfg)
         if self.rt.is_main:
             check_writable(self.run_dir)
+            remove_partial_writes(self.run_dir)  # left by a run killed mid-save
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
         np.random.seed(cfg.seed)

@@ -95,3 +95,40 @@ def test_nmt_average_takes_the_last_n_numbered_checkpoints_in_step_order(tmp_pat
     assert main([str(tmp_path / "nope.pt"), "-o", str(tmp_path / "x.pt")]) == 2
     assert "does not exist" in capsys.readouterr().err
     assert not (tmp_path / "x.pt").exists()
+
+
+SAVE_LOOP = """
+import sys, torch
+from nmt.checkpoint import save_checkpoint
+path = sys.argv[1]
+state = {"model": {"w": torch.randn(8_000_000)}, "config": {}}
+i = 0
+while True:  # nothing but saves: a kill always lands inside one
+    i += 1
+    save_checkpoint(path, {**state, "step": i})
+    print(i, flush=True)
+"""
+
+
+def test_sigkill_in_the_middle_of_save_checkpoint_keeps_the_previous_file(tmp_path) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from nmt.checkpoint import load_checkpoint, remove_partial_writes
+
+    path = tmp_path / "checkpoint_last.pt"
+    steps = []
+    for delay in (0.05, 0.11, 0.17, 0.23, 0.29, 0.37, 0.43, 0.51):
+        proc = subprocess.Popen(
+            [sys.executable, "-c", SAVE_LOOP, str(path)], stdout=subprocess.PIPE, text=True
+        )
+        proc.stdout.readline()  # the first save of this process is complete
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        steps.append(load_checkpoint(path)["step"])  # raises if the file is half-written
+    assert all(s >= 1 for s in steps)
+    remove_partial_writes(tmp_path)  # what the trainer does when it starts in a run directory
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]

@@ -174,18 +174,24 @@ def test_sigkill_during_checkpoint_saves_never_leaves_an_unreadable_checkpoint(t
         f"hydra.run.dir={run}",
     ]
     kills = 0
-    for delay in (0.35, 0.6, 0.85, 1.1):
+    for delay in (0.2, 0.35, 0.5, 0.65, 0.8, 0.95, 1.1, 1.25, 1.4, 1.55):
+        last = run / "checkpoint_last.pt"
+        before = last.stat().st_mtime_ns if last.exists() else None
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.time() + 120
-        while not (run / "checkpoint_last.pt").exists() and time.time() < deadline:
-            time.sleep(0.05)
-        time.sleep(delay)  # save_every=1: most of the loop's time is spent writing checkpoints
+        # Wait for this process's first save (not the previous process's file), then kill it
+        # somewhere in its loop: with save_every=1 most of that time is spent writing.
+        while time.time() < deadline and (
+            not last.exists() or last.stat().st_mtime_ns == before
+        ):
+            time.sleep(0.02)
+        time.sleep(delay)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         kills += 1
         state = load_checkpoint(run / "checkpoint_last.pt")
         assert state["step"] >= 1
-    assert kills == 4
+    assert kills == 10
 
 
 @pytest.mark.slow
