@@ -567,8 +567,20 @@ def check_writable(run_dir: Path) -> None:
 
 
 def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
-    """Train (or resume) a run in `run_dir` and return its results."""
-    return Trainer(cfg, Path(run_dir)).run()
+    """Train (or resume) a run in `run_dir` and return its results.
+
+    A run that raises leaves `failed.json` (the error) so `nmt-report` lists it as failed.
+    """
+    run_dir = Path(run_dir)
+    try:
+        results = Trainer(cfg, run_dir).run()
+    except Exception as err:
+        if run_dir.is_dir() and int(os.environ.get("RANK", "0")) == 0:
+            failure = {"status": "failed", "error": f"{type(err).__name__}: {err}", "time": time.time()}
+            (run_dir / "failed.json").write_text(json.dumps(failure, indent=2))
+        raise
+    (run_dir / "failed.json").unlink(missing_ok=True)  # an earlier attempt failed, this one did not
+    return results
 
 
 register_configs()

@@ -1,0 +1,344 @@
+"""`nmt-report RUN_DIR...`: the paper's tables from your own runs.
+
+Reads every run under the given directories (a Hydra multirun, several, or single runs),
+finds which config values differ between runs (the swept variables; the seed is averaged
+over), and writes `report.md` (a Markdown table shaped like the paper's: one row per swept
+value, mean and standard deviation over seeds), `report.csv`, and plots: BLEU against k
+(log-scale x axis, error bars over seeds) when k was swept, and BLEU by source length.
+Failed and unfinished runs are listed as such, never dropped: a sweep still running
+shows what has finished so far.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import statistics
+import sys
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+# Config keys that never define a row: where files live, how the run was executed.
+IGNORED_PREFIXES = ("data.cache_dir", "data.root", "hydra.", "train.device", "train.threads", "seed")
+MEASURES = (
+    ("valid_bleu", "valid BLEU"),
+    ("test_bleu", "test BLEU"),
+    ("test_chrf", "test chrF"),
+)
+
+
+@dataclass
+class Run:
+    path: Path
+    status: str  # finished | failed | unfinished
+    config: dict[str, Any]  # flattened, "encoding.k" -> 16
+    results: dict[str, Any] | None = None
+    detail: str = ""
+    values: dict[str, Any] = field(default_factory=dict)  # the swept keys' values
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, name + "."))
+        else:
+            flat[name] = tuple(value) if isinstance(value, list) else value
+    return flat
+
+
+def _run_config(run_dir: Path, results: dict[str, Any] | None) -> dict[str, Any]:
+    hydra_config = run_dir / ".hydra" / "config.yaml"
+    if hydra_config.exists():
+        return flatten(yaml.safe_load(hydra_config.read_text()) or {})
+    if results is not None:  # a run started from Python: the key choices are in results.json
+        keys = ("model", "encoding", "k", "keys", "values", "share_heads", "data", "seed", "experiment")
+        mapping = {"model": "model.name", "encoding": "encoding.name", "k": "encoding.k",
+                   "keys": "encoding.keys", "values": "encoding.values",
+                   "share_heads": "encoding.share_heads", "data": "data.name"}
+        return {mapping.get(k, k): results.get(k) for k in keys}
+    return {}
+
+
+def _last_step(run_dir: Path) -> int | None:
+    metrics = run_dir / "metrics.jsonl"
+    if not metrics.exists():
+        return None
+    step = None
+    for line in metrics.read_text().splitlines():
+        try:
+            step = json.loads(line).get("step", step)
+        except json.JSONDecodeError:  # a line being written right now
+            continue
+    return step
+
+
+def find_runs(paths: list[Path]) -> list[Run]:
+    """Every run directory under `paths`: one with results.json, failed.json or .hydra/."""
+    dirs: set[Path] = set()
+    for root in paths:
+        if not root.exists():
+            raise FileNotFoundError(f"{root} does not exist; pass run or multirun directories")
+        for marker in ("results.json", "failed.json", ".hydra/config.yaml"):
+            for found in root.rglob(marker):
+                dirs.add(found.parent.parent if marker.startswith(".hydra") else found.parent)
+    runs = []
+    for run_dir in sorted(dirs):
+        results_file, failed_file = run_dir / "results.json", run_dir / "failed.json"
+        results = json.loads(results_file.read_text()) if results_file.exists() else None
+        config = _run_config(run_dir, results)
+        if results is not None:
+            runs.append(Run(run_dir, "finished", config, results))
+        elif failed_file.exists():
+            error = json.loads(failed_file.read_text()).get("error", "")
+            runs.append(Run(run_dir, "failed", config, detail=error))
+        else:
+            step = _last_step(run_dir)
+            detail = f"last logged step {step}" if step is not None else "no step logged yet"
+            runs.append(Run(run_dir, "unfinished", config, detail=detail))
+    return runs
+
+
+def swept_keys(runs: list[Run]) -> list[str]:
+    """Config keys whose values differ between runs (the seed and file locations excluded)."""
+    keys: set[str] = set()
+    for run in runs:
+        keys.update(run.config)
+    swept = []
+    for key in sorted(keys):
+        if key.startswith(IGNORED_PREFIXES):
+            continue
+        if len({repr(run.config.get(key)) for run in runs}) > 1:
+            swept.append(key)
+    # Keys that follow from another swept key (e.g. model.d_model with model.name) add no row.
+    return [k for k in swept if not _determined_by_other(k, swept, runs)]
+
+
+def _determined_by_other(key: str, swept: list[str], runs: list[Run]) -> bool:
+    for other in swept:
+        if other == key or not other.endswith(".name"):
+            continue
+        if other.rsplit(".", 1)[0] != key.rsplit(".", 1)[0]:
+            continue
+        mapping: dict[Any, set] = defaultdict(set)
+        for run in runs:
+            mapping[repr(run.config.get(other))].add(repr(run.config.get(key)))
+        if all(len(v) == 1 for v in mapping.values()):
+            return True
+    return False
+
+
+def _measures(results: dict[str, Any]) -> dict[str, float | None]:
+    return {
+        "valid_bleu": results.get("valid", {}).get("bleu"),
+        "test_bleu": results.get("test", {}).get("bleu"),
+        "test_chrf": results.get("test", {}).get("chrf"),
+        "steps": results.get("steps"),
+        "tokens_per_s": results.get("train_tokens_per_s"),
+        "parameters": results.get("parameters"),
+        "train_seconds": results.get("train_seconds"),
+    }
+
+
+def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
+    values = [v for v in values if v is not None]
+    if not values:
+        return None, None
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
+
+
+def _sort_key(value: Any) -> tuple:
+    if isinstance(value, bool) or value is None:
+        return (0, str(value))
+    if isinstance(value, (int, float)):
+        return (1, value)
+    return (2, str(value))
+
+
+def summarize(runs: list[Run], keys: list[str]) -> list[dict[str, Any]]:
+    """One row per combination of swept values: mean and std over seeds of every measure."""
+    groups: dict[tuple, list[Run]] = defaultdict(list)
+    for run in runs:
+        run.values = {k: run.config.get(k) for k in keys}
+        if run.status == "finished":
+            groups[tuple(run.values[k] for k in keys)].append(run)
+    rows = []
+    for combo in sorted(groups, key=lambda c: tuple(_sort_key(v) for v in c)):
+        members = groups[combo]
+        row: dict[str, Any] = dict(zip(keys, combo, strict=True))
+        measured = [_measures(r.results or {}) for r in members]
+        for name in ("valid_bleu", "test_bleu", "test_chrf", "steps", "tokens_per_s", "parameters", "train_seconds"):
+            row[name], row[f"{name}_std"] = _mean_std([m[name] for m in measured])
+        row["seeds"] = sorted(r.config.get("seed") for r in members if r.config.get("seed") is not None)
+        row["runs"] = len(members)
+        row["by_length"] = _by_length(members)
+        rows.append(row)
+    return rows
+
+
+def _by_length(members: list[Run]) -> list[dict[str, Any]]:
+    """Mean test BLEU per source-length bucket over the runs of one row."""
+    buckets: dict[str, list[float]] = defaultdict(list)
+    order: list[str] = []
+    for run in members:
+        for b in (run.results or {}).get("test", {}).get("by_length", []):
+            if b["bucket"] not in order:
+                order.append(b["bucket"])
+            if b.get("bleu") is not None:
+                buckets[b["bucket"]].append(b["bleu"])
+    return [{"bucket": b, "bleu": _mean_std(buckets[b])[0], "sentences_runs": len(buckets[b])} for b in order]
+
+
+def _fmt(mean: float | None, std: float | None, digits: int = 2) -> str:
+    if mean is None:
+        return "—"
+    text = f"{mean:,.{digits}f}"
+    return f"{text} ± {std:.{digits}f}" if std is not None else text
+
+
+def _label(row_or_values: dict[str, Any], keys: list[str]) -> str:
+    return ", ".join(f"{k.split('.')[-1]}={row_or_values[k]}" for k in keys) or "all runs"
+
+
+def markdown(rows: list[dict[str, Any]], keys: list[str], runs: list[Run]) -> str:
+    head = [k.split(".")[-1] if k.startswith("encoding.") else k for k in keys]
+    lines = [
+        "| " + " | ".join([*head, "valid BLEU", "test BLEU", "test chrF", "steps", "tokens/s", "parameters", "seeds"]) + " |",
+        "|" + "---|" * len(head) + "---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for row in rows:
+        cells = [str(row[k]) for k in keys] + [
+            _fmt(row["valid_bleu"], row["valid_bleu_std"]),
+            _fmt(row["test_bleu"], row["test_bleu_std"]),
+            _fmt(row["test_chrf"], row["test_chrf_std"]),
+            _fmt(row["steps"], None, 0),
+            _fmt(row["tokens_per_s"], None, 0),
+            _fmt(row["parameters"], None, 0),
+            ", ".join(str(s) for s in row["seeds"]) or str(row["runs"]),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    finished = sum(r.status == "finished" for r in runs)
+    text = [f"{finished} of {len(runs)} runs finished; mean ± standard deviation over seeds.", "", *lines]
+    others = [r for r in runs if r.status != "finished"]
+    if others:
+        text += ["", "Runs without results:", "", "| run | status | " + " | ".join(head) + " | detail |",
+                 "|---|---|" + "---|" * len(head) + "---|"]
+        for r in others:
+            text.append(f"| {r.path.name} | {r.status} | " + " | ".join(str(r.values.get(k)) for k in keys) + f" | {r.detail} |")
+    return "\n".join(text) + "\n"
+
+
+def write_csv(rows: list[dict[str, Any]], keys: list[str], path: Path) -> None:
+    columns = [*keys, "runs", "seeds"]
+    for name in ("valid_bleu", "test_bleu", "test_chrf", "steps", "tokens_per_s", "parameters", "train_seconds"):
+        columns += [name, f"{name}_std"]
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({**row, "seeds": " ".join(map(str, row["seeds"]))})
+
+
+def plot_bleu_vs_k(rows: list[dict[str, Any]], keys: list[str], path: Path) -> bool:
+    """Test (and validation) BLEU against k, one line per combination of the other keys."""
+    if "encoding.k" not in keys:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    others = [k for k in keys if k != "encoding.k"]
+    series: dict[str, list[dict]] = defaultdict(list)
+    for row in rows:
+        series[_label(row, others)].append(row)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label, members in series.items():
+        members.sort(key=lambda r: r["encoding.k"])
+        ks = [r["encoding.k"] for r in members]
+        for measure, style in (("test_bleu", "-o"), ("valid_bleu", "--s")):
+            ys = [r[measure] if r[measure] is not None else math.nan for r in members]
+            errs = [r[f"{measure}_std"] or 0.0 for r in members]
+            name = f"{measure.split('_')[0]}" + (f" ({label})" if others else "")
+            ax.errorbar(ks, ys, yerr=errs, fmt=style, capsize=3, label=name)
+    ax.set_xscale("symlog", linthresh=1)  # k = 0 stays on the axis
+    ax.set_xlabel("clipping distance k")
+    ax.set_ylabel("BLEU")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def plot_by_length(rows: list[dict[str, Any]], keys: list[str], path: Path) -> bool:
+    """Test BLEU per source-length bucket, one line per row."""
+    if not any(row["by_length"] for row in rows):
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for row in rows:
+        points = [(b["bucket"], b["bleu"]) for b in row["by_length"] if b["bleu"] is not None]
+        if points:
+            ax.plot([p[0] for p in points], [p[1] for p in points], "-o", label=_label(row, keys))
+    ax.set_xlabel("source length (subwords)")
+    ax.set_ylabel("test BLEU")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def report(paths: list[Path], out_dir: Path) -> dict[str, Any]:
+    """Write report.md, report.csv and the plots to `out_dir`; return what was written."""
+    runs = find_runs(paths)
+    if not runs:
+        raise FileNotFoundError(f"no runs (results.json, failed.json or .hydra/) under {', '.join(map(str, paths))}")
+    keys = swept_keys(runs)
+    rows = summarize(runs, keys)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = {"markdown": out_dir / "report.md", "csv": out_dir / "report.csv"}
+    written["markdown"].write_text(markdown(rows, keys, runs))
+    write_csv(rows, keys, written["csv"])
+    try:
+        if plot_bleu_vs_k(rows, keys, out_dir / "bleu_vs_k.png"):
+            written["bleu_vs_k"] = out_dir / "bleu_vs_k.png"
+        if plot_by_length(rows, keys, out_dir / "bleu_by_length.png"):
+            written["bleu_by_length"] = out_dir / "bleu_by_length.png"
+    except ImportError:
+        print("nmt-report: matplotlib is not installed (pip install -e '.[plot]'): no plots", file=sys.stderr)
+    return {"keys": keys, "rows": rows, "runs": runs, "files": written}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="nmt-report", description=__doc__.split("\n\n")[0])
+    parser.add_argument("runs", nargs="+", type=Path, help="run or multirun directories")
+    parser.add_argument("-o", "--out-dir", type=Path, help="where to write (default: the first directory)")
+    args = parser.parse_args(argv)
+    try:
+        out = report(args.runs, args.out_dir or args.runs[0])
+    except FileNotFoundError as err:
+        print(f"nmt-report: {err}", file=sys.stderr)
+        return 2
+    print(out["files"]["markdown"].read_text())
+    for name, path in out["files"].items():
+        print(f"wrote {name}: {path}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

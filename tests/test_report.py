@@ -1,0 +1,70 @@
+"""nmt-report: swept values become rows, seeds are averaged, unfinished runs are listed."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from nmt.report import report
+
+
+def fake_run(root: Path, name: str, k: int, seed: int, test_bleu: float | None, failed: bool = False):
+    run = root / name
+    (run / ".hydra").mkdir(parents=True)
+    config = {
+        "model": {"name": "tiny", "d_model": 64},
+        "encoding": {"name": "relative", "k": k, "keys": True, "values": True},
+        "data": {"name": "toy", "cache_dir": f"/somewhere/{name}"},
+        "seed": seed,
+    }
+    (run / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
+    if failed:
+        (run / "failed.json").write_text(json.dumps({"error": "TrainingError: the loss became nan"}))
+    elif test_bleu is None:
+        (run / "metrics.jsonl").write_text(json.dumps({"split": "train", "step": 40}) + "\n")
+    else:
+        by_length = [{"bucket": "1-10", "bleu": test_bleu + 1}, {"bucket": "11-20", "bleu": test_bleu - 1}]
+        results = {
+            "valid": {"bleu": test_bleu + 0.5, "chrf": 50.0},
+            "test": {"bleu": test_bleu, "chrf": 60.0, "by_length": by_length},
+            "steps": 100, "train_tokens_per_s": 1000.0, "parameters": 1234, "seed": seed,
+        }
+        (run / "results.json").write_text(json.dumps(results))
+
+
+def test_report_rows_are_the_swept_values_averaged_over_seeds(tmp_path) -> None:
+    bleu = {(0, 1): 10.0, (0, 2): 12.0, (2, 1): 30.0, (2, 2): 31.0, (16, 1): 29.0, (16, 2): 33.0}
+    for n, ((k, seed), value) in enumerate(sorted(bleu.items())):
+        fake_run(tmp_path, f"{n}_k={k}_seed={seed}", k, seed, value)
+    fake_run(tmp_path, "9_k=64", 64, 1, None)  # still running
+    fake_run(tmp_path, "10_k=256", 256, 1, None, failed=True)
+
+    out = report([tmp_path], tmp_path / "report")
+    assert out["keys"] == ["encoding.k"]  # cache_dir differs too, but is not a variable
+    rows = {row["encoding.k"]: row for row in out["rows"]}
+    assert sorted(rows) == [0, 2, 16]
+    assert rows[16]["test_bleu"] == pytest.approx(31.0)
+    assert rows[16]["test_bleu_std"] == pytest.approx(statistics.stdev([29.0, 33.0]))
+    assert rows[2]["seeds"] == [1, 2]
+    text = (tmp_path / "report" / "report.md").read_text()
+    assert "6 of 8 runs finished" in text
+    assert "| 9_k=64 | unfinished | 64 | last logged step 40 |" in text
+    assert "| 10_k=256 | failed | 256 | TrainingError: the loss became nan |" in text
+    assert "31.00 ± 2.83" in text
+    csv_lines = (tmp_path / "report" / "report.csv").read_text().splitlines()
+    assert len(csv_lines) == 4 and csv_lines[0].startswith("encoding.k,runs,seeds")
+    assert (tmp_path / "report" / "bleu_vs_k.png").stat().st_size > 1000
+    assert (tmp_path / "report" / "bleu_by_length.png").stat().st_size > 1000
+
+
+def test_report_command_names_a_missing_directory(tmp_path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "nmt.report", str(tmp_path / "nope")], capture_output=True, text=True
+    )
+    assert proc.returncode == 2 and "does not exist" in proc.stderr
