@@ -68,3 +68,25 @@ def test_report_command_names_a_missing_directory(tmp_path) -> None:
         [sys.executable, "-m", "nmt.report", str(tmp_path / "nope")], capture_output=True, text=True
     )
     assert proc.returncode == 2 and "does not exist" in proc.stderr
+
+
+@pytest.mark.slow
+def test_toy_k_sweep_through_hydra_multirun_and_nmt_report(tmp_path) -> None:
+    """A 3-value k sweep with the clip_sweep experiment, then nmt-report on its directory."""
+    sweep = tmp_path / "sweep"
+    subprocess.run(
+        ["nmt-train", "+experiment=clip_sweep", "encoding.k=0,2,16", "seed=1",
+         "data.toy.train_size=2000", "data.toy.valid_size=20", "data.toy.test_size=20",
+         "train.max_steps=60", "train.eval_every=60", "train.warmup_steps=30",
+         "train.threads=1", "train.tensorboard=false", "decode.max_len_b=10",
+         f"data.cache_dir={tmp_path / 'cache'}", f"hydra.sweep.dir={sweep}"],
+        check=True, capture_output=True,
+    )
+    proc = subprocess.run(["nmt-report", str(sweep)], capture_output=True, text=True, check=True)
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| ") and "BLEU" not in line]
+    assert [row.split("|")[1].strip() for row in rows] == ["0", "2", "16"]
+    for row in rows:
+        cells = [c.strip() for c in row.split("|")[2:5]]  # valid BLEU, test BLEU, test chrF
+        assert all(float(c.split()[0]) >= 0 for c in cells), row
+    assert "3 of 3 runs finished" in proc.stdout
+    assert (sweep / "bleu_vs_k.png").stat().st_size > 1000
