@@ -246,6 +246,18 @@ def write_csv(rows: list[dict[str, Any]], keys: list[str], path: Path) -> None:
             writer.writerow({**row, "seeds": " ".join(map(str, row["seeds"]))})
 
 
+def _save(fig: Any, ax: Any, path: Path, xlabel: str, ylabel: str) -> None:
+    import matplotlib.pyplot as plt
+
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def plot_bleu_vs_k(rows: list[dict[str, Any]], keys: list[str], path: Path) -> bool:
     """Test (and validation) BLEU against k, one line per combination of the other keys."""
     if "encoding.k" not in keys:
@@ -269,13 +281,7 @@ def plot_bleu_vs_k(rows: list[dict[str, Any]], keys: list[str], path: Path) -> b
             name = f"{measure.split('_')[0]}" + (f" ({label})" if others else "")
             ax.errorbar(ks, ys, yerr=errs, fmt=style, capsize=3, label=name)
     ax.set_xscale("symlog", linthresh=1)  # k = 0 stays on the axis
-    ax.set_xlabel("clipping distance k")
-    ax.set_ylabel("BLEU")
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, ax, path, "clipping distance k", "BLEU")
     return True
 
 
@@ -293,13 +299,7 @@ def plot_by_length(rows: list[dict[str, Any]], keys: list[str], path: Path) -> b
         points = [(b["bucket"], b["bleu"]) for b in row["by_length"] if b["bleu"] is not None]
         if points:
             ax.plot([p[0] for p in points], [p[1] for p in points], "-o", label=_label(row, keys))
-    ax.set_xlabel("source length (subwords)")
-    ax.set_ylabel("test BLEU")
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, ax, path, "source length (subwords)", "test BLEU")
     return True
 
 

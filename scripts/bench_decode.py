@@ -1,6 +1,6 @@
 """Beam-search speed with the incremental cache against recomputing the whole prefix.
 
-    NMT_DATA_DIR=../shared/data python scripts/bench_decode.py model=small --limit 100
+    NMT_DATA_DIR=/path/to/data python scripts/bench_decode.py model=small --limit 100
     python scripts/bench_decode.py --input my.en --encodings relative,rotary model=base
 
 For each encoding, a model is built from the composed config (positional `key=value`
