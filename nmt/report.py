@@ -281,6 +281,10 @@ def plot_bleu_vs_k(rows: list[dict[str, Any]], keys: list[str], path: Path) -> b
             name = f"{measure.split('_')[0]}" + (f" ({label})" if others else "")
             ax.errorbar(ks, ys, yerr=errs, fmt=style, capsize=3, label=name)
     ax.set_xscale("symlog", linthresh=1)  # k = 0 stays on the axis
+    all_k = sorted({r["encoding.k"] for r in rows})
+    ax.set_xticks(all_k)
+    ax.set_xticklabels([str(k) for k in all_k])
+    ax.minorticks_off()
     _save(fig, ax, path, "clipping distance k", "BLEU")
     return True
 
