@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -134,68 +134,29 @@ def test_relative_without_keys_and_values_is_refused() -> None:
         validate(compose(["encoding=relative", "encoding.keys=false", "encoding.values=false"]))
 
 
-MEMORY_SCRIPT = textwrap.dedent(
-    """
-    import json, sys, torch
-    from omegaconf import OmegaConf
-    from nmt.attention import MultiHeadAttention
-    from nmt.encodings import RelativePositionBias
-
-    variant, N = sys.argv[1], int(sys.argv[2])
-    torch.manual_seed(0)
-    torch.set_num_threads(1)
-    H, d = 8, 64
-    pos = RelativePositionBias(H, d, 16, True, True, False) if variant != "absolute" else None
-    attn = MultiHeadAttention(H * d, H, 0.0, pos)
-    x = torch.randn(1, N, H * d, requires_grad=True)
-
-    def naive(x):  # the (N, N, d) edge tensors the paper's section 3.3 avoids
-        B, N, D = x.shape
-        q, k, v = (p(x).view(B, N, H, d).transpose(1, 2) for p in (attn.q_proj, attn.k_proj, attn.v_proj))
-        i = torch.arange(N)
-        idx = (i[None] - i[:, None]).clamp(-16, 16) + 16
-        a_k, a_v = pos.edge_keys[:, idx], pos.edge_values[:, idx]  # (H, N, N, d)
-        s = (q @ k.transpose(-1, -2) + torch.einsum("bhid,hijd->bhij", q, a_k)) / d ** 0.5
-        w = s.softmax(-1)
-        return (w @ v + torch.einsum("bhij,hijd->bhid", w, a_v)).transpose(1, 2).reshape(B, N, D)
-
-    run = naive if variant == "naive" else (lambda x: attn(x))
-    run(x[:, :8]).sum().backward()  # warm up kernels and allocator at a small size
-
-    def status_kib(field):
-        with open("/proc/self/status") as f:
-            return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
-
-    # VmHWM is this process's own peak (ru_maxrss is not: Linux carries the parent's peak
-    # across fork + exec). Writing 5 to clear_refs resets the peak to the current RSS.
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-    base = status_kib("VmRSS")
-    run(x).sum().backward()
-    print(json.dumps({"extra_mib": (status_kib("VmHWM") - base) / 1024}))
-    """
-)
+BENCH_MEMORY = Path(__file__).resolve().parents[1] / "scripts" / "bench_memory.py"
 
 
-def peak_extra_mib(variant: str, n: int) -> float:
+def peak_extra_mib(encoding: str, n: int) -> float:
+    """scripts/bench_memory.py's measurement: one model=base layer, fresh process, batch 1."""
     out = subprocess.run(
-        [sys.executable, "-c", MEMORY_SCRIPT, variant, str(n)],
+        [sys.executable, str(BENCH_MEMORY), "--worker", encoding, str(n)],
         capture_output=True, text=True, check=True,
     ).stdout
     return json.loads(out.strip().splitlines()[-1])["extra_mib"]
 
 
 def test_relative_attention_memory_grows_like_a_score_matrix() -> None:
-    """N = 1024, 8 heads of 64, k = 16: forward + backward under 256 MiB above its inputs."""
-    relative = peak_extra_mib("relative", 1024)
-    assert relative < 256, f"relative attention used {relative:.0f} MiB"
+    """N = 1024, 8 heads of 64, k = 16: one layer's forward + backward needs < 256 MiB over absolute."""
+    extra = peak_extra_mib("relative", 1024) - peak_extra_mib("absolute", 1024)
+    assert extra < 256, f"relative used {extra:.0f} MiB more than absolute"
 
 
 @pytest.mark.slow
 def test_memory_measurement_sees_naive_edge_tensors() -> None:
     """The measurement above can fail: naive (N, N, d) edges blow far past the bound."""
-    naive = peak_extra_mib("naive", 1024)
-    assert naive > 512, f"naive edges measured at only {naive:.0f} MiB"
+    extra = peak_extra_mib("naive", 1024) - peak_extra_mib("absolute", 1024)
+    assert extra > 512, f"naive edges measured at only {extra:.0f} MiB over absolute"
 
 
 @pytest.mark.parametrize("encoding", ["relative", "rotary"])
