@@ -226,6 +226,7 @@ def markdown(rows: list[dict[str, Any]], keys: list[str], runs: list[Run]) -> st
         lines.append("| " + " | ".join(cells) + " |")
     finished = sum(r.status == "finished" for r in runs)
     text = [f"{finished} of {len(runs)} runs finished; mean ± standard deviation over seeds.", "", *lines]
+    text += _length_table(rows, keys, head)
     others = [r for r in runs if r.status != "finished"]
     if others:
         text += ["", "Runs without results:", "", "| run | status | " + " | ".join(head) + " | detail |",
@@ -233,6 +234,21 @@ def markdown(rows: list[dict[str, Any]], keys: list[str], runs: list[Run]) -> st
         for r in others:
             text.append(f"| {r.path.name} | {r.status} | " + " | ".join(str(r.values.get(k)) for k in keys) + f" | {r.detail} |")
     return "\n".join(text) + "\n"
+
+
+def _length_table(rows: list[dict[str, Any]], keys: list[str], head: list[str]) -> list[str]:
+    """Test BLEU per source-length bucket (mean over seeds), one row per swept combination."""
+    buckets: list[str] = []
+    for row in rows:
+        buckets += [b["bucket"] for b in row["by_length"] if b["bucket"] not in buckets]
+    if not buckets:
+        return []
+    lines = ["", "Test BLEU by source length (subwords):", "",
+             "| " + " | ".join([*head, *buckets]) + " |", "|" + "---|" * len(head) + "---:|" * len(buckets)]
+    for row in rows:
+        bleu = {b["bucket"]: b["bleu"] for b in row["by_length"]}
+        lines.append("| " + " | ".join([*(str(row[k]) for k in keys), *(_fmt(bleu.get(b), None, 1) for b in buckets)]) + " |")
+    return lines
 
 
 def write_csv(rows: list[dict[str, Any]], keys: list[str], path: Path) -> None:

@@ -57,6 +57,7 @@ def test_report_rows_are_the_swept_values_averaged_over_seeds(tmp_path) -> None:
     assert "| 9_k=64 | unfinished | 64 | last logged step 40 |" in text
     assert "| 10_k=256 | failed | 256 | TrainingError: the loss became nan |" in text
     assert "31.00 ± 2.83" in text
+    assert "| k | 1-10 | 11-20 |" in text and "| 16 | 32.0 | 30.0 |" in text  # BLEU by length
     csv_lines = (tmp_path / "report" / "report.csv").read_text().splitlines()
     assert len(csv_lines) == 4 and csv_lines[0].startswith("encoding.k,runs,seeds")
     assert (tmp_path / "report" / "bleu_vs_k.png").stat().st_size > 1000
