@@ -84,8 +84,11 @@ def test_toy_k_sweep_through_hydra_multirun_and_nmt_report(tmp_path) -> None:
         check=True, capture_output=True,
     )
     proc = subprocess.run(["nmt-report", str(sweep)], capture_output=True, text=True, check=True)
-    rows = [line for line in proc.stdout.splitlines() if line.startswith("| ") and "BLEU" not in line]
+    main_table, length_table = proc.stdout.split("Test BLEU by source length")[:2]
+    rows = [line for line in main_table.splitlines() if line.startswith("| ") and "BLEU" not in line]
     assert [row.split("|")[1].strip() for row in rows] == ["0", "2", "16"]
+    by_length = [line for line in length_table.splitlines() if line.startswith("| ") and "1-10" not in line]
+    assert [row.split("|")[1].strip() for row in by_length] == ["0", "2", "16"]
     for row in rows:
         cells = [c.strip() for c in row.split("|")[2:5]]  # valid BLEU, test BLEU, test chrF
         assert all(float(c.split()[0]) >= 0 for c in cells), row
