@@ -189,12 +189,14 @@ class RotaryPositions(AttentionPositions):
             elif scaled and self.scaling == "linear":
                 pos_scale = 1.0 / self.factor
             half = self.d_head // 2
-            inv_freq = base ** (-torch.arange(half, dtype=torch.float64, device=device) / half)
-            pos = torch.arange(start, start + length, dtype=torch.float64, device=device) * pos_scale
+            # float64 on the CPU (MPS has no float64; long positions need the precision), then
+            # one copy to the device in the compute dtype.
+            inv_freq = base ** (-torch.arange(half, dtype=torch.float64) / half)
+            pos = torch.arange(start, start + length, dtype=torch.float64) * pos_scale
             angles = pos.unsqueeze(1) * inv_freq.unsqueeze(0)  # (N, d/2)
             if len(self._cos_sin) > 64:
                 self._cos_sin.clear()
-            self._cos_sin[key] = (angles.cos().to(dtype), angles.sin().to(dtype))
+            self._cos_sin[key] = (angles.cos().to(device, dtype), angles.sin().to(device, dtype))
         return self._cos_sin[key]
 
     def rotate(self, x: Tensor, start: int) -> Tensor:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -138,9 +139,18 @@ def format_summary(result: dict[str, Any]) -> str:
 
 
 def split_inputs(inputs: Sequence[str]) -> tuple[list[str], list[str]]:
-    """Positional arguments -> (checkpoint paths, `key=value` overrides)."""
-    checkpoints = [a for a in inputs if "=" not in a]
-    overrides = [a for a in inputs if "=" in a]
+    """Positional arguments -> (checkpoint paths, `key=value` overrides).
+
+    An existing file, or anything with a path separator before its first "=", is a checkpoint:
+    sweep job directories are named `3_encoding.k=16,seed=1/`, and their checkpoints must not
+    be mistaken for overrides."""
+
+    def is_override(arg: str) -> bool:
+        key, eq, _ = arg.partition("=")
+        return bool(eq) and "/" not in key and os.sep not in key and not Path(arg).is_file()
+
+    checkpoints = [a for a in inputs if not is_override(a)]
+    overrides = [a for a in inputs if is_override(a)]
     return checkpoints, overrides
 
 

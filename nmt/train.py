@@ -98,7 +98,8 @@ def label_smoothed_loss(logits: torch.Tensor, target: torch.Tensor, eps: float):
     nll = -log_probs.gather(1, target.unsqueeze(1)).squeeze(1)
     smooth = -log_probs.mean(dim=-1)  # eps spread uniformly over the vocabulary
     loss = (1.0 - eps) * nll + eps * smooth
-    return loss[keep].sum(), nll[keep].sum()
+    # A multiply, not loss[keep]: boolean indexing has a data-dependent shape, a device sync.
+    return (loss * keep).sum(), (nll * keep).sum()
 
 
 # ----------------------------------------------------------------------------------------
@@ -173,6 +174,7 @@ class Trainer:
 
     def __init__(self, cfg: DictConfig, run_dir: Path) -> None:
         validate(cfg)
+        self.created = time.perf_counter()
         self.cfg, self.run_dir = cfg, Path(run_dir)
         self.rt = init_runtime(cfg)
         if self.rt.is_main:
@@ -199,6 +201,8 @@ class Trainer:
         self.progress = Progress()
         self.keeper = CheckpointKeeper(self.run_dir, t.keep_last)
         self.resumed_from: str | None = None
+        self._shares_epoch: int | None = None  # every rank's batches of that epoch (DDP)
+        self._shares: list[list[list[int]]] = []
         self._maybe_resume()
         if not self.resumed_from:  # dropout streams differ per rank; a resume restores them
             torch.manual_seed(cfg.seed + self.rt.rank)
@@ -213,7 +217,15 @@ class Trainer:
 
     # -- checkpoints ----------------------------------------------------------------------
 
-    def _state(self) -> dict[str, Any]:
+    def _rank_rng_states(self) -> list[dict[str, Any]]:
+        """Every rank's RNG state (dropout differs per rank), gathered on all ranks."""
+        if self.rt.world_size == 1:
+            return [rng_state()]
+        states: list[Any] = [None] * self.rt.world_size
+        dist.all_gather_object(states, rng_state())
+        return states
+
+    def _state(self, rank_rng: list[dict[str, Any]]) -> dict[str, Any]:
         p = self.progress
         return {
             "model": self.model.state_dict(),
@@ -224,7 +236,8 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
-            "rng": rng_state(),
+            "rng": rank_rng[0],
+            "rng_per_rank": rank_rng,
             "progress": {k: v for k, v in vars(p).items() if k != "history"},
         }
 
@@ -240,15 +253,20 @@ class Trainer:
                 f"use another run directory or train.resume=false"
             )
         if state.get("vocab_fingerprint") != self.vocab.fingerprint:
+            theirs = state["config"]["data"]
             raise CheckpointError(
                 f"cannot resume from {last}: its vocabulary differs from this run's "
-                f"(data or data.vocab_size changed); use another run directory"
+                f"(checkpoint: data={theirs.get('name')} data.vocab_size={theirs.get('vocab_size')} "
+                f"fingerprint {str(state.get('vocab_fingerprint'))[:12]}; this run: data={self.cfg.data.name} "
+                f"data.vocab_size={self.cfg.data.vocab_size} fingerprint {self.vocab.fingerprint[:12]}); "
+                f"use another run directory or the checkpoint's data settings"
             )
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
-        set_rng_state(state["rng"])
+        per_rank = state.get("rng_per_rank") or [state["rng"]]
+        set_rng_state(per_rank[self.rt.rank] if len(per_rank) == self.rt.world_size else state["rng"])
         for key, value in state["progress"].items():
             setattr(self.progress, key, value)
         self.resumed_from = str(last)
@@ -284,12 +302,33 @@ class Trainer:
                 yield epoch, pos + 1, batches[pos]
             epoch, start = epoch + 1, 0
 
-    def _global_tokens(self, count: int) -> int:
+    def _global_tokens(self, group: list[tuple[int, int, list[int]]]) -> int:
+        """Target tokens (+ EOS each) of this step on all ranks. Every rank can build every
+        rank's share of an epoch on the host, so this needs no all_reduce and no device sync."""
+        tgt_lens = self.train_split.tgt_lens
         if self.rt.world_size == 1:
-            return count
-        total = torch.tensor([count], device=self.rt.device)
-        dist.all_reduce(total)
-        return int(total.item())
+            return int(sum(tgt_lens[b].sum() + len(b) for _, _, b in group))
+        total = 0
+        for epoch, pos, _ in group:
+            if self._shares_epoch != epoch:
+                self._shares_epoch = epoch
+                self._shares = [
+                    split_batches(self.train_split, self.cfg.train.max_tokens, seed=self.cfg.seed,
+                                  epoch=epoch, shuffle=True, rank=r, world_size=self.rt.world_size)
+                    for r in range(self.rt.world_size)
+                ]
+            total += sum(int(tgt_lens[s[pos - 1]].sum()) + len(s[pos - 1]) for s in self._shares if pos <= len(s))
+        return total
+
+    def _total_steps(self) -> int | None:
+        """The step budget: train.max_steps, or the epochs' worth of steps, whichever is less."""
+        t, budgets = self.cfg.train, []
+        if t.max_steps > 0:
+            budgets.append(t.max_steps)
+        if t.max_epochs > 0:
+            per_epoch = math.ceil(len(self._epoch_batches(self.progress.epoch)) / t.update_freq)
+            budgets.append(t.max_epochs * per_epoch)
+        return min(budgets) if budgets else None
 
     def run(self) -> dict[str, Any]:
         cfg, t, p, rt = self.cfg, self.cfg.train, self.progress, self.rt
@@ -303,9 +342,11 @@ class Trainer:
         window = _Window()
         batches = self._batches()
         start_step, start_time = p.step, time.perf_counter()
-        pending: list[tuple[int, torch.Tensor]] = []  # (step, loss) checked at log time, no sync per step
+        # (step, loss, learning rate of that step): checked at log time, no sync per step
+        pending: list[tuple[int, torch.Tensor, float]] = []
         exhausted = False
-        while p.step < t.max_steps and not exhausted:
+        saved_step = p.step
+        while (t.max_steps <= 0 or p.step < t.max_steps) and not exhausted:
             group = []
             for _ in range(t.update_freq):
                 item = next(batches, None)
@@ -315,9 +356,7 @@ class Trainer:
                 group.append(item)
             if not group:
                 break
-            tgt_lens = self.train_split.tgt_lens
-            local_tokens = int(sum(tgt_lens[b].sum() + len(b) for _, _, b in group))  # + EOS each
-            global_tokens = self._global_tokens(local_tokens)
+            global_tokens = self._global_tokens(group)
             step_loss = torch.zeros((), device=rt.device)
             step_nll = torch.zeros((), device=rt.device)
             for n, (_, _, indices) in enumerate(group):
@@ -339,14 +378,15 @@ class Trainer:
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.optimizer.zero_grad(set_to_none=True)
+            step_lr = self.optimizer.param_groups[0]["lr"]
             self.scheduler.step()
             p.step += 1
             p.epoch, p.batch_in_epoch = group[-1][0], group[-1][1]
             p.tokens += global_tokens
             window.add(step_loss, step_nll, global_tokens)
-            pending.append((p.step, step_loss))
+            pending.append((p.step, step_loss, step_lr))
 
-            last = p.step >= t.max_steps
+            last = t.max_steps > 0 and p.step >= t.max_steps
             if p.step % t.log_every == 0 or last:
                 self._check_finite(pending)
                 pending = []
@@ -355,32 +395,49 @@ class Trainer:
             if p.step % t.save_every == 0 or evaluate or last:
                 self._check_finite(pending)
                 pending = []
-                bleu = self._validate() if evaluate and rt.is_main else None
-                p.train_seconds += time.perf_counter() - start_time
-                start_time, start_step = time.perf_counter(), p.step
-                if rt.is_main:
-                    improved = bleu is not None and bleu > p.best_bleu
-                    if improved:
-                        p.best_bleu = bleu
-                    self.keeper.save(self._state(), p.step, best=improved)
-                self.ddp_model.train()
+                paused = time.perf_counter()
+                start_time, start_step = self._checkpoint(evaluate, start_time), p.step
+                saved_step = p.step
+                window.exclude(time.perf_counter() - paused)
+        # The epoch budget ran out between log / eval / save steps: the last steps are
+        # checked, logged, validated and saved like a max_steps ending.
         self._check_finite(pending)
+        if p.step > saved_step:
+            if window.loss is not None:
+                self._log_train(window, start_step, start_time)
+            start_time = self._checkpoint(True, start_time)
         p.train_seconds += time.perf_counter() - start_time
-        if rt.is_main and not (self.run_dir / "checkpoint_last.pt").exists():
-            self.keeper.save(self._state(), p.step, best=True)
+        if p.step == 0 and not self.resumed_from:  # nothing trained, nothing saved yet
+            rank_rng = self._rank_rng_states()
+            if rt.is_main:
+                self.keeper.save(self._state(rank_rng), p.step, best=True)
         results = self._finish() if rt.is_main else {}
         if rt.world_size > 1:
             dist.barrier()
         return results
 
-    def _check_finite(self, pending: list[tuple[int, torch.Tensor]]) -> None:
+    def _checkpoint(self, evaluate: bool, start_time: float) -> float:
+        """Validate (when due) and save; the time it takes is not training time. Returns the
+        new start of the training clock."""
+        p, rt = self.progress, self.rt
+        p.train_seconds += time.perf_counter() - start_time
+        bleu = self._validate() if evaluate and rt.is_main else None
+        rank_rng = self._rank_rng_states()  # a collective: every rank takes part
+        if rt.is_main:
+            improved = bleu is not None and bleu > p.best_bleu
+            if improved:
+                p.best_bleu = bleu
+            self.keeper.save(self._state(rank_rng), p.step, best=improved)
+        self.ddp_model.train()
+        return time.perf_counter()
+
+    def _check_finite(self, pending: list[tuple[int, torch.Tensor, float]]) -> None:
         if not pending:
             return
-        values = torch.stack([loss for _, loss in pending]).cpu()
+        values = torch.stack([loss for _, loss, _ in pending]).cpu()
         bad = (~torch.isfinite(values)).nonzero()
         if len(bad):
-            step = pending[int(bad[0])][0]
-            lr = self.optimizer.param_groups[0]["lr"]
+            step, _, lr = pending[int(bad[0])]
             raise TrainingError(
                 f"the loss became {values[int(bad[0])].item()} at step {step} (learning rate "
                 f"{lr:.3g}); the last good checkpoint is kept in {self.run_dir}. Lower "
@@ -398,7 +455,8 @@ class Trainer:
         elapsed = p.train_seconds + time.perf_counter() - start_time
         steps_done = p.step - start_step
         rate = steps_done / max(time.perf_counter() - start_time, 1e-9)
-        eta = (t.max_steps - p.step) / rate if rate > 0 else float("nan")
+        total = self._total_steps()
+        eta = (total - p.step) / rate if rate > 0 and total else float("nan")
         tok_s = tokens / max(window.seconds, 1e-9)
         lr = self.optimizer.param_groups[0]["lr"]
         record = {
@@ -408,8 +466,8 @@ class Trainer:
         self._record(record)
         if self.rt.is_main:
             log.info(
-                "step %d/%d | epoch %d | loss %.3f | ppl %.2f | lr %.2e | %s tok/s | %s elapsed | ETA %s",
-                p.step, t.max_steps, p.epoch + 1, loss, record["ppl"], lr, f"{tok_s:,.0f}",
+                "step %d/%s | epoch %d | loss %.3f | ppl %.2f | lr %.2e | %s tok/s | %s elapsed | ETA %s",
+                p.step, total or "?", p.epoch + 1, loss, record["ppl"], lr, f"{tok_s:,.0f}",
                 _hms(elapsed), _hms(eta),
             )
 
@@ -495,6 +553,8 @@ class Trainer:
             "train_seconds": p.train_seconds,
             "train_tokens": p.tokens,
             "train_tokens_per_s": p.tokens / max(p.train_seconds, 1e-9),
+            # this process, start to results: data, validation, checkpoints and the final decode
+            "wall_seconds": time.perf_counter() - self.created,
             "device": str(self.rt.device),
             "precision": self.rt.precision,
             "world_size": self.rt.world_size,
@@ -504,6 +564,7 @@ class Trainer:
             "averaged_checkpoints": averaged,
             "valid": final["valid"],
             "test": final["test"],
+            "hypotheses": {split: str(self.run_dir / f"{split}.hyp.txt") for split in final},
             "resumed_from": self.resumed_from,
             "status": "finished",
         }
@@ -522,6 +583,10 @@ class _Window:
         self.tokens = 0
         self.started = time.perf_counter()
         self.seconds = 0.0
+
+    def exclude(self, seconds: float) -> None:
+        """Leave time out of the window's clock (validation and saving are not training)."""
+        self.started += seconds
 
     def add(self, loss: torch.Tensor, nll: torch.Tensor, tokens: int) -> None:
         self.loss = loss if self.loss is None else self.loss + loss

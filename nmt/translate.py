@@ -12,6 +12,7 @@ is decoded or written; every other encoding translates lines of any length in fu
 from __future__ import annotations
 
 import argparse
+import gzip
 import math
 import os
 import sys
@@ -124,13 +125,19 @@ def translate_ids(
 
 
 def read_lines(path: str | None) -> list[str]:
-    """Lines of a UTF-8 file (or stdin for None / "-"), without their line ends."""
+    """Lines of a UTF-8 file, gzipped when its name ends in .gz (or stdin for None / "-"),
+    without their line ends."""
     stdin = path in (None, "-")
     where = "standard input" if stdin else str(path)
     try:
         data = sys.stdin.buffer.read() if stdin else Path(path).read_bytes()  # type: ignore[arg-type]
     except (FileNotFoundError, IsADirectoryError):
         raise TranslateError(f"input file {path} does not exist") from None
+    if not stdin and str(path).endswith(".gz"):
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError) as err:
+            raise TranslateError(f"{where} is not a complete gzip file ({err})") from None
     try:
         text = data.decode("utf-8").removeprefix("\ufeff")
     except UnicodeDecodeError as err:

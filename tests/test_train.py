@@ -74,6 +74,22 @@ def test_results_file_has_what_a_report_needs(quick_cfg, tmp_path) -> None:
         assert (tmp_path / "run" / f"{split}.hyp.txt").exists()
     assert on_disk["parameters"] == results["parameters"] > 0
     assert on_disk["train_tokens_per_s"] > 0
+    assert on_disk["wall_seconds"] >= on_disk["train_seconds"]
+    assert Path(on_disk["hypotheses"]["test"]).read_text(encoding="utf-8").count("\n") == 8
+
+
+def test_an_epoch_budget_trains_every_batch_once_and_saves_the_end(quick_cfg, tmp_path) -> None:
+    """max_steps=0 is no step budget; the epoch ending between log and save steps still
+    gets its final log line, validation and checkpoint."""
+    cfg = quick_cfg("train.max_steps=0", "train.max_epochs=1", "train.log_every=1000")
+    results = train(cfg, tmp_path / "run")
+    from nmt.data import prepare_data
+    from nmt.data.batching import split_batches
+
+    batches = split_batches(prepare_data(cfg.data).splits["train"], cfg.train.max_tokens, seed=cfg.seed, epoch=0)
+    assert results["steps"] == len(batches) > 1 and results["epochs"] == pytest.approx(1.0)
+    assert load_checkpoint(tmp_path / "run" / "checkpoint_last.pt")["step"] == len(batches)
+    assert list(train_losses(tmp_path / "run")) == [len(batches)]
 
 
 def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(
@@ -89,8 +105,10 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(
 
     monkeypatch.setattr(train_module, "label_smoothed_loss", poisoned)
     run = tmp_path / "run"
-    with pytest.raises(TrainingError, match=r"at step 3 \(learning rate"):
-        train(quick_cfg("train.max_steps=10", "train.save_every=1"), run)
+    cfg = quick_cfg("train.max_steps=10", "train.save_every=1")
+    lr3 = train_module.inverse_sqrt_lr(3, cfg.model.d_model, cfg.train.warmup_steps, cfg.train.lr_scale)
+    with pytest.raises(TrainingError, match=rf"at step 3 \(learning rate {lr3:.3g}\)"):
+        train(cfg, run)
     state = load_checkpoint(run / "checkpoint_last.pt")
     assert state["step"] == 2
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
@@ -108,6 +126,13 @@ def test_resume_refuses_a_checkpoint_of_another_model(quick_cfg, tmp_path) -> No
     train(quick_cfg("train.max_steps=1"), run)
     with pytest.raises(CheckpointError, match=r"model.d_model: 64 != 32"):
         train(quick_cfg("train.max_steps=2", "model.d_model=32"), run)
+
+
+def test_resume_refuses_a_checkpoint_of_another_vocabulary(quick_cfg, tmp_path) -> None:
+    run = tmp_path / "run"
+    train(quick_cfg("train.max_steps=1"), run)
+    with pytest.raises(CheckpointError, match=r"vocabulary differs.*data.vocab_size=\d+ .*data.vocab_size=\d+"):
+        train(quick_cfg("train.max_steps=2", "data.toy.seed=99"), run)
 
 
 def test_cfg_job_shows_the_composed_config() -> None:

@@ -206,3 +206,32 @@ def test_evaluate_averages_several_checkpoints_on_the_checkpoints_own_test_set(
 def test_evaluate_rejects_a_bad_override(capsys, ckpt) -> None:
     assert evaluate.main([str(ckpt), "model.d_model=8"]) == 2
     assert "cannot override model.d_model=8" in capsys.readouterr().err
+
+
+def test_evaluate_takes_checkpoints_from_sweep_directories(tmp_path, monkeypatch, capsys, ckpt) -> None:
+    """Hydra names sweep jobs `0_encoding.k=0,seed=1/`: their checkpoints are not overrides."""
+    job = tmp_path / "0_encoding.k=0,seed=1"
+    job.mkdir()
+    (job / "checkpoint_best.pt").write_bytes(ckpt.read_bytes())
+    (tmp_path / "k=2.pt").write_bytes(ckpt.read_bytes())
+    monkeypatch.chdir(tmp_path)
+    assert evaluate.split_inputs([str(job / "checkpoint_best.pt"), "k=2.pt", "data.toy.test_size=5"]) == (
+        [str(job / "checkpoint_best.pt"), "k=2.pt"], ["data.toy.test_size=5"]
+    )
+    code = evaluate.main([str(job / "checkpoint_best.pt"), "--beam", "1", "--max-sentences", "3",
+                          *SHORT, "-o", str(tmp_path / "ev"), "--quiet"])
+    assert code == 0, capsys.readouterr().err
+    assert json.loads((tmp_path / "ev" / "eval.json").read_text())["sentences"] == 3
+
+
+def test_gzipped_input_translates_like_plain_text(tmp_path, toy) -> None:
+    """Corpora ship as .gz (Multi30k): `-i test.en.gz` reads them; a truncated one is named."""
+    import gzip
+
+    lines = "\n".join(toy[0].splits["test"].src_text[:4]) + "\n"
+    (tmp_path / "in.txt").write_text(lines, encoding="utf-8")
+    (tmp_path / "in.txt.gz").write_bytes(gzip.compress(lines.encode("utf-8")))
+    assert translate.read_lines(str(tmp_path / "in.txt.gz")) == translate.read_lines(str(tmp_path / "in.txt"))
+    (tmp_path / "cut.gz").write_bytes(gzip.compress(lines.encode("utf-8"))[:20])
+    with pytest.raises(translate.TranslateError, match="cut.gz is not a complete gzip file"):
+        translate.read_lines(str(tmp_path / "cut.gz"))
