@@ -445,7 +445,7 @@ class Trainer:
             )
 
     def _log_train(self, window: _Window, start_step: int, start_time: float) -> None:
-        p, t = self.progress, self.cfg.train
+        p = self.progress
         loss_sum, nll_sum, tokens = window.flush()
         if self.rt.world_size > 1:
             both = torch.stack([loss_sum, nll_sum])
