@@ -1,6 +1,6 @@
 """Beam-search speed with the incremental cache against recomputing the whole prefix.
 
-    NMT_DATA_DIR=/path/to/data python scripts/bench_decode.py model=small --limit 100
+    NMT_DATA_DIR=/path/to/data python scripts/bench_decode.py model=base --limit 25 --max-len-b 0
     python scripts/bench_decode.py --input my.en --encodings relative,rotary model=base
 
 For each encoding, a model is built from the composed config (positional `key=value`
@@ -8,7 +8,9 @@ overrides, e.g. `model=base`) with random weights, and the same sentences are de
 twice with the same search: with the cache (`decode_step`) and with `use_cache=False`
 (`model.decode` over the whole prefix at every step). Both runs must give the same
 hypotheses; the table reports how many do. The subword vocabulary is trained on the
-input text itself (`--vocab-size`), or taken with the model from `--checkpoint`.
+input text itself (`--vocab-size`), or taken with the model from `--checkpoint`. Each input
+(default: newstest2014.en, realistic WMT lengths, and the Multi30k test set, short captions)
+is a block of rows; both modes are warmed up on a few sentences before they are timed.
 
 Random weights rarely predict EOS, so a hypothesis usually runs to max_len = a * src + b:
 `--max-len-b 0` gives outputs about as long as the sources, as a trained model's are.
@@ -20,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -29,25 +30,29 @@ from pathlib import Path
 import torch
 
 from nmt.config import DataConfig, DecodeConfig, compose
-from nmt.device import resolve_device
+from nmt.device import describe_hardware, resolve_device, synchronize
 from nmt.model import build_model
 from nmt.search import EOS_ID
 from nmt.translate import read_lines, translate_ids, write_text_atomic
 
-ENCODINGS = ("absolute", "learned", "relative", "combined", "rotary", "none")
+ENCODINGS = ("absolute", "learned", "relative", "relative_keys", "combined", "rotary", "none")
+DEFAULT_INPUTS = ("wmt14/newstest2014.en", "multi30k/test_2016_flickr.en.gz")
+WARMUP_SENTENCES = 4
 
 
-def default_input() -> Path | None:
-    """$NMT_DATA_DIR/wmt14/newstest2014.en, if that variable is set."""
+def default_inputs() -> list[Path]:
+    """newstest2014.en and the Multi30k test set under $NMT_DATA_DIR, if that variable is set."""
     root = os.environ.get("NMT_DATA_DIR")
-    return Path(root) / "wmt14" / "newstest2014.en" if root else None
+    return [Path(root) / name for name in DEFAULT_INPUTS] if root else []
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     d = DecodeConfig()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("overrides", nargs="*", help="config overrides, e.g. model=base")
-    p.add_argument("--input", type=Path, help="source text (default $NMT_DATA_DIR/wmt14/newstest2014.en)")
+    p.add_argument("--input", type=Path, action="append",
+                   help="source text, .gz allowed; repeat for several (default: $NMT_DATA_DIR/"
+                   + " and ".join(DEFAULT_INPUTS) + ")")
     p.add_argument("--limit", type=int, default=0, help="decode only the first N non-empty lines")
     p.add_argument("--encodings", default=",".join(ENCODINGS), help="comma-separated")
     p.add_argument("--checkpoint", help="use this model and vocabulary instead (one encoding)")
@@ -74,20 +79,20 @@ def train_vocab(lines: list[str], size: int):
 
 
 def timed(model, src_ids, args, device, use_cache: bool):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+    synchronize(device)
     start = time.perf_counter()
     out = translate_ids(
         model, src_ids, beam=args.beam, alpha=args.alpha, max_len_a=args.max_len_a,
         max_len_b=args.max_len_b, max_tokens=args.max_tokens, device=device, use_cache=use_cache,
     )
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+    synchronize(device)
     return out, time.perf_counter() - start
 
 
-def bench_one(name: str, model, src_ids, args, device) -> dict:
+def bench_one(corpus: str, name: str, model, src_ids, args, device) -> dict:
     model.to(device).eval()
+    for use_cache in (True, False):  # kernels, allocator and position tables warm for both
+        timed(model, src_ids[:WARMUP_SENTENCES], args, device, use_cache)
     cached, t_cache = timed(model, src_ids, args, device, use_cache=True)
     full, t_full = timed(model, src_ids, args, device, use_cache=False)
     same = sum(
@@ -96,14 +101,14 @@ def bench_one(name: str, model, src_ids, args, device) -> dict:
     tokens = sum(len(h[0].tokens) + 1 for h in cached)  # output tokens incl. EOS
     n = len(src_ids)
     row = {
-        "encoding": name, "sentences": n, "output_tokens": tokens, "identical": same,
+        "corpus": corpus, "encoding": name, "sentences": n, "output_tokens": tokens, "identical": same,
         "cache_seconds": round(t_cache, 3), "full_seconds": round(t_full, 3),
         "cache_sent_per_s": round(n / t_cache, 2), "full_sent_per_s": round(n / t_full, 2),
         "cache_tok_per_s": round(tokens / t_cache, 1), "full_tok_per_s": round(tokens / t_full, 1),
         "speedup": round(t_full / t_cache, 2),
     }
     print(
-        f"{name:>9}: cache {t_cache:7.1f} s, full prefix {t_full:7.1f} s, x{row['speedup']:.2f}, "
+        f"{corpus} {name:>13}: cache {t_cache:7.1f} s, full prefix {t_full:7.1f} s, x{row['speedup']:.2f}, "
         f"identical {same}/{n}", file=sys.stderr,
     )
     return row
@@ -111,13 +116,13 @@ def bench_one(name: str, model, src_ids, args, device) -> dict:
 
 def markdown(rows: list[dict]) -> str:
     lines = [
-        "| encoding | sentences | identical | cache sent/s | cache tok/s | full-prefix sent/s "
+        "| corpus | encoding | sentences | identical | cache sent/s | cache tok/s | full-prefix sent/s "
         "| full-prefix tok/s | speed-up |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['encoding']} | {r['sentences']} | {r['identical']}/{r['sentences']} "
+            f"| {r['corpus']} | {r['encoding']} | {r['sentences']} | {r['identical']}/{r['sentences']} "
             f"| {r['cache_sent_per_s']:.2f} | {r['cache_tok_per_s']:.0f} | {r['full_sent_per_s']:.2f} "
             f"| {r['full_tok_per_s']:.0f} | {r['speedup']:.2f}x |"
         )
@@ -126,24 +131,23 @@ def markdown(rows: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    source = args.input or default_input()
-    if source is None:
+    sources = args.input or default_inputs()
+    if not sources:
         sys.exit("bench_decode: give --input FILE, or set NMT_DATA_DIR to the directory holding wmt14/")
-    if not source.is_file():
-        sys.exit(f"bench_decode: {source} does not exist")
+    missing = [str(s) for s in sources if not s.is_file()]
+    if missing:
+        sys.exit(f"bench_decode: {', '.join(missing)} does not exist (give --input FILE or fix NMT_DATA_DIR)")
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
-    lines = [line.strip() for line in read_lines(str(source)) if line.strip()]
-    bench_lines = lines[: args.limit] if args.limit > 0 else lines
-
+    texts = {s: [line.strip() for line in read_lines(str(s)) if line.strip()] for s in sources}
     if args.checkpoint:
         from nmt.checkpoint import build_from_checkpoint
 
         model, cfg, vocab = build_from_checkpoint(args.checkpoint, device)
         models = [(cfg.encoding.name, lambda: model)]
     else:
-        vocab = train_vocab(lines, args.vocab_size)
+        vocab = train_vocab([line for lines in texts.values() for line in lines], args.vocab_size)
 
         def make(encoding: str):
             def build():
@@ -154,6 +158,33 @@ def main(argv: list[str] | None = None) -> int:
             return build
 
         models = [(e, make(e)) for e in args.encodings.split(",")]
+    rows, meta = [], []
+    for source, lines in texts.items():
+        corpus_rows, corpus_meta = bench_corpus(source.name.removesuffix(".gz"), lines, vocab, models, args, device)
+        rows += corpus_rows
+        meta.append(corpus_meta)
+    table = markdown(rows)
+    print(table)
+    run = {
+        "inputs": meta, "overrides": args.overrides, "beam": args.beam, "alpha": args.alpha,
+        "max_len_a": args.max_len_a, "max_len_b": args.max_len_b, "max_tokens": args.max_tokens,
+        "device": str(device), "hardware": describe_hardware(device), "torch": torch.__version__,
+        "checkpoint": args.checkpoint,
+    }
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    header = (f"Beam {args.beam}, alpha {args.alpha}, max_len {args.max_len_a} * src + {args.max_len_b}, "
+              f"{run['hardware']}, torch {torch.__version__}, overrides: {' '.join(args.overrides) or '(defaults)'}. "
+              + "; ".join(f"{m['input']}: {m['sentences']} sentences, {m['source_tokens'] / m['sentences']:.1f} "
+                          "source subwords on average" for m in meta) + ".")
+    write_text_atomic(args.out_dir / "bench_decode.md", [header, "", table])
+    write_text_atomic(args.out_dir / "bench_decode.json", [json.dumps({"meta": run, "rows": rows}, indent=2)])
+    print(f"wrote {args.out_dir / 'bench_decode.md'} and .json", file=sys.stderr)
+    return 0 if all(r["identical"] == r["sentences"] for r in rows) else 1
+
+
+def bench_corpus(corpus: str, lines: list[str], vocab, models, args, device) -> tuple[list[dict], dict]:
+    """Every model, cached and full prefix, on the first --limit lines of one corpus."""
+    bench_lines = lines[: args.limit] if args.limit > 0 else lines
     src_ids = [[*vocab.encode(line), EOS_ID] for line in bench_lines]
     src_tokens = sum(len(s) for s in src_ids)
     print(
@@ -162,22 +193,9 @@ def main(argv: list[str] | None = None) -> int:
         f"{torch.get_num_threads()} threads",
         file=sys.stderr,
     )
-    rows = [bench_one(name, build(), src_ids, args, device) for name, build in models]
-    table = markdown(rows)
-    print(table)
-    meta = {
-        "input": source.name, "sentences": len(src_ids), "source_tokens": src_tokens,
-        "overrides": args.overrides, "beam": args.beam, "alpha": args.alpha,
-        "max_len_a": args.max_len_a, "max_len_b": args.max_len_b, "max_tokens": args.max_tokens,
-        "vocab_size": vocab.size, "device": str(device), "threads": torch.get_num_threads(),
-        "torch": torch.__version__, "cpu": platform.processor() or platform.machine(),
-        "checkpoint": args.checkpoint,
-    }
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(args.out_dir / "bench_decode.md", [table])
-    write_text_atomic(args.out_dir / "bench_decode.json", [json.dumps({"meta": meta, "rows": rows}, indent=2)])
-    print(f"wrote {args.out_dir / 'bench_decode.md'} and .json", file=sys.stderr)
-    return 0 if all(r["identical"] == r["sentences"] for r in rows) else 1
+    rows = [bench_one(corpus, name, build(), src_ids, args, device) for name, build in models]
+    meta = {"input": corpus, "sentences": len(src_ids), "source_tokens": src_tokens, "vocab_size": vocab.size}
+    return rows, meta
 
 
 if __name__ == "__main__":
