@@ -47,8 +47,12 @@ def _naive_relative_attention(attn, x: torch.Tensor) -> torch.Tensor:
     return attn.out_proj(out.transpose(1, 2).reshape(B, N, D))
 
 
-def measure(encoding: str, length: int, model: str = "base") -> float:
-    """MiB above the pre-pass level at the peak of one layer's forward + backward."""
+PARTS = ("layer", "attention")
+
+
+def measure(encoding: str, length: int, model: str = "base", part: str = "layer") -> float:
+    """MiB above the pre-pass level at the peak of one layer's (or only its self-attention's)
+    forward + backward."""
     from nmt.config import compose
     from nmt.encodings import build_attention_positions, build_input_positions
     from nmt.model import EncoderLayer
@@ -70,7 +74,8 @@ def measure(encoding: str, length: int, model: str = "base") -> float:
     def step(n: int) -> None:
         x = torch.randn(1, n, m.d_model, device=device, requires_grad=True)
         h = inputs(x) if inputs is not None else x
-        layer(h, pad[:, :n]).sum().backward()
+        out = layer(h, pad[:, :n]) if part == "layer" else layer.self_attn(h, key_padding_mask=pad[:, :n])
+        out.sum().backward()
 
     step(8)  # kernels, allocator and parameter gradients exist before the measured pass
     if device.type == "cuda":
@@ -87,9 +92,9 @@ def measure(encoding: str, length: int, model: str = "base") -> float:
     return (_status_kib("VmHWM") - base) / 1024
 
 
-def measure_in_fresh_process(encoding: str, length: int, model: str = "base") -> float:
+def measure_in_fresh_process(encoding: str, length: int, model: str = "base", part: str = "layer") -> float:
     out = subprocess.run(
-        [sys.executable, __file__, "--worker", encoding, str(length), "--model", model],
+        [sys.executable, __file__, "--worker", encoding, str(length), "--model", model, "--part", part],
         capture_output=True, text=True,
     )
     if out.returncode != 0:
@@ -125,13 +130,15 @@ def main() -> None:
     parser.add_argument("--encodings", default=",".join(ENCODINGS))
     parser.add_argument("--lengths", default=",".join(map(str, LENGTHS)))
     parser.add_argument("--model", default="base")
+    parser.add_argument("--part", choices=PARTS, default="layer",
+                        help="the whole encoder layer, or its self-attention alone")
     parser.add_argument("--naive-max-len", type=int, default=1024,
                         help="longest N for the naive (N, N, d) curve; 0 leaves it out")
     parser.add_argument("--out-dir", type=Path, default=Path("bench_results"))
     parser.add_argument("--worker", nargs=2, metavar=("ENCODING", "N"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        print(json.dumps({"extra_mib": measure(args.worker[0], int(args.worker[1]), args.model)}))
+        print(json.dumps({"extra_mib": measure(args.worker[0], int(args.worker[1]), args.model, args.part)}))
         return
 
     lengths = [int(n) for n in args.lengths.split(",")]
@@ -141,7 +148,7 @@ def main() -> None:
         for n in lengths:
             if name == "naive" and n > args.naive_max_len:
                 continue
-            results.setdefault(name, {})[n] = mib = measure_in_fresh_process(name, n, args.model)
+            results.setdefault(name, {})[n] = mib = measure_in_fresh_process(name, n, args.model, args.part)
             print(f"{name:>14} N={n:<5} {mib:9.1f} MiB", flush=True)
 
     device = "cuda " + torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU (VmHWM)"

@@ -137,24 +137,31 @@ def test_relative_without_keys_and_values_is_refused() -> None:
 BENCH_MEMORY = Path(__file__).resolve().parents[1] / "scripts" / "bench_memory.py"
 
 
-def peak_extra_mib(encoding: str, n: int) -> float:
-    """scripts/bench_memory.py's measurement: one model=base layer, fresh process, batch 1."""
+def peak_extra_mib(encoding: str, n: int, part: str = "layer") -> float:
+    """scripts/bench_memory.py's measurement: one model=base layer (or its self-attention),
+    fresh process, batch 1."""
     out = subprocess.run(
-        [sys.executable, str(BENCH_MEMORY), "--worker", encoding, str(n)],
+        [sys.executable, str(BENCH_MEMORY), "--worker", encoding, str(n), "--part", part],
         capture_output=True, text=True, check=True,
     ).stdout
     return json.loads(out.strip().splitlines()[-1])["extra_mib"]
 
 
 def test_relative_attention_memory_grows_like_a_score_matrix() -> None:
-    """N = 1024, 8 heads of 64, k = 16: one layer's forward + backward needs < 256 MiB over absolute."""
+    """N = 1024, 8 heads of 64, k = 16, forward + backward: the relative self-attention layer
+    itself adds < 256 MiB over its inputs, and a whole encoder layer < 256 MiB over absolute's
+    (one float32 (1, 8, N, N) score tensor is 32 MiB; naive (N, N, 64) edges 512 MiB)."""
+    attention = peak_extra_mib("relative", 1024, part="attention")
+    assert attention < 256, f"relative self-attention used {attention:.0f} MiB"
     extra = peak_extra_mib("relative", 1024) - peak_extra_mib("absolute", 1024)
-    assert extra < 256, f"relative used {extra:.0f} MiB more than absolute"
+    assert extra < 256, f"a relative layer used {extra:.0f} MiB more than absolute"
 
 
 @pytest.mark.slow
 def test_memory_measurement_sees_naive_edge_tensors() -> None:
     """The measurement above can fail: naive (N, N, d) edges blow far past the bound."""
+    naive = peak_extra_mib("naive", 1024, part="attention")
+    assert naive > 512, f"naive edges measured at only {naive:.0f} MiB"
     extra = peak_extra_mib("naive", 1024) - peak_extra_mib("absolute", 1024)
     assert extra > 512, f"naive edges measured at only {extra:.0f} MiB over absolute"
 
