@@ -79,16 +79,37 @@ def test_deterministic_from_seed_and_epoch_not_global_rng(split):
     assert batches_of(split, seed=8, epoch=3) != first
 
 
-def test_simulated_resume_sees_the_same_order(split):
-    """A run stopped after k batches of epoch 2 and restarted continues the same sequence."""
-    uninterrupted = [b for epoch in range(4) for b in batches_of(split, seed=5, epoch=epoch)]
-    stop_epoch, stop_pos = 2, 7
-    seen = [b for epoch in range(stop_epoch) for b in batches_of(split, seed=5, epoch=epoch)]
-    seen += batches_of(split, seed=5, epoch=stop_epoch)[:stop_pos]
-    # "restart": only (epoch, position) survive; the batches are recomputed from the seed
-    resumed = batches_of(split, seed=5, epoch=stop_epoch)[stop_pos:]
-    resumed += [b for epoch in range(stop_epoch + 1, 4) for b in batches_of(split, seed=5, epoch=epoch)]
-    assert seen + resumed == uninterrupted
+RESUMED_BATCHES = """
+import json, sys, numpy as np
+from nmt.data.batching import token_budget_batches
+src, tgt = np.load(sys.argv[1]), np.load(sys.argv[2])
+stop_epoch, stop_pos = int(sys.argv[3]), int(sys.argv[4])
+np.random.seed(99)  # a restarted process has other global RNG state, hash seed and history
+out = token_budget_batches(src, tgt, 2000, seed=5, epoch=stop_epoch)[stop_pos:]
+out += [b for e in range(stop_epoch + 1, 4) for b in token_budget_batches(src, tgt, 2000, seed=5, epoch=e)]
+print(json.dumps(out))
+"""
+
+
+def test_resume_in_a_new_process_sees_the_same_order(split, tmp_path):
+    """A run stopped after 7 batches of epoch 2 keeps only (epoch, position); a new process
+    (other hash seed, other global RNG state) recomputes the rest of the sequence."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    src, tgt = split.src_lens, split.tgt_lens + 1
+    np.save(tmp_path / "src.npy", src)
+    np.save(tmp_path / "tgt.npy", tgt)
+    uninterrupted = [b for e in range(4) for b in token_budget_batches(src, tgt, 2000, seed=5, epoch=e)]
+    seen = [b for e in range(2) for b in token_budget_batches(src, tgt, 2000, seed=5, epoch=e)]
+    seen += token_budget_batches(src, tgt, 2000, seed=5, epoch=2)[:7]
+    out = subprocess.run(
+        [sys.executable, "-c", RESUMED_BATCHES, str(tmp_path / "src.npy"), str(tmp_path / "tgt.npy"), "2", "7"],
+        capture_output=True, text=True, check=True, env={**os.environ, "PYTHONHASHSEED": "12345"},
+    ).stdout
+    assert seen + json.loads(out) == uninterrupted
 
 
 @pytest.mark.parametrize("world_size", [2, 3])
