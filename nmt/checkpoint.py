@@ -91,6 +91,10 @@ def architecture_differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
             # but different functions, so their average would be meaningless.
             if key.startswith("rotary_scaling") or key == "rotary_factor":
                 continue  # evaluation-time options
+            if section == "model" and key == "init_std":
+                continue  # how the weights started, not what they are
+            if section == "encoding" and key == "max_len" and "learned" not in (sa.get("name"), sb.get("name")):
+                continue  # only learned positions have a table of that size
             if sa.get(key) != sb.get(key):
                 diffs.append(f"{section}.{key}: {sa.get(key)} != {sb.get(key)}")
     return diffs

@@ -52,10 +52,11 @@ def test_the_average_is_the_mean_of_every_parameter(tmp_path) -> None:
         (["model.d_model=32"], "model.d_model: 64 != 32"),
         (["encoding.k=4"], "encoding.k: 16 != 4"),
         (["encoding=rotary"], "encoding.name: relative != rotary"),
+        (["encoding=learned", "encoding.max_len=512"], "encoding.max_len: 1024 != 512"),
     ],
 )
 def test_a_different_architecture_is_refused_naming_the_key(tmp_path, overrides, named) -> None:
-    a = write(tmp_path / "a.pt")
+    a = write(tmp_path / "a.pt", *(["encoding=learned"] if "encoding=learned" in overrides else []))
     b = write(tmp_path / "b.pt", *overrides)
     with pytest.raises(CheckpointError, match="different architectures") as err:
         average_checkpoints([a, b])
@@ -73,6 +74,8 @@ def test_same_parameters_but_other_encoding_is_refused(tmp_path) -> None:
 def test_dropout_may_differ_but_the_vocabulary_may_not(tmp_path) -> None:
     a = write(tmp_path / "a.pt")
     average_checkpoints([a, write(tmp_path / "b.pt", "model.dropout=0.3", seed=1)])
+    # neither the initialisation nor an unused learned-table size changes the parameters
+    average_checkpoints([a, write(tmp_path / "d.pt", "model.init_std=0.02", "encoding.max_len=256", seed=2)])
     with pytest.raises(CheckpointError, match="different vocabularies"):
         average_checkpoints([a, write(tmp_path / "c.pt", fingerprint="v2")])
 
