@@ -269,7 +269,7 @@ class Trainer:
         set_rng_state(per_rank[self.rt.rank] if len(per_rank) == self.rt.world_size else state["rng"])
         for key, value in state["progress"].items():
             setattr(self.progress, key, value)
-        self.resumed_from = str(last)
+        self.resumed_from = last.name
         log.info("resumed from %s at step %d", last, self.progress.step)
 
     # -- logging --------------------------------------------------------------------------
@@ -525,7 +525,7 @@ class Trainer:
                 averaged_state = average_checkpoints(paths)
                 self.model.load_state_dict(averaged_state["model"])
                 save_checkpoint(self.run_dir / "checkpoint_averaged.pt", averaged_state)
-                averaged = [str(x) for x in paths]
+                averaged = [x.name for x in paths]
         final = {}
         for split in ("valid", "test"):
             started = time.perf_counter()
@@ -564,7 +564,8 @@ class Trainer:
             "averaged_checkpoints": averaged,
             "valid": final["valid"],
             "test": final["test"],
-            "hypotheses": {split: str(self.run_dir / f"{split}.hyp.txt") for split in final},
+            # file names inside the run directory: results.json carries no machine's paths
+            "hypotheses": {split: f"{split}.hyp.txt" for split in final},
             "resumed_from": self.resumed_from,
             "status": "finished",
         }

@@ -75,7 +75,7 @@ def test_results_file_has_what_a_report_needs(quick_cfg, tmp_path) -> None:
     assert on_disk["parameters"] == results["parameters"] > 0
     assert on_disk["train_tokens_per_s"] > 0
     assert on_disk["wall_seconds"] >= on_disk["train_seconds"]
-    assert Path(on_disk["hypotheses"]["test"]).read_text(encoding="utf-8").count("\n") == 8
+    assert (tmp_path / "run" / on_disk["hypotheses"]["test"]).read_text(encoding="utf-8").count("\n") == 8
 
 
 def test_an_epoch_budget_trains_every_batch_once_and_saves_the_end(quick_cfg, tmp_path) -> None:
