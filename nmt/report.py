@@ -239,8 +239,8 @@ def markdown(rows: list[dict[str, Any]], keys: list[str], runs: list[Run]) -> st
 def _length_table(rows: list[dict[str, Any]], keys: list[str], head: list[str]) -> list[str]:
     """Test BLEU per source-length bucket (mean over seeds), one row per swept combination."""
     buckets: list[str] = []
-    for row in rows:
-        buckets += [b["bucket"] for b in row["by_length"] if b["bucket"] not in buckets]
+    for row in rows:  # buckets no test sentence falls in (toy lengths) get no column
+        buckets += [b["bucket"] for b in row["by_length"] if b["bucket"] not in buckets and b["bleu"] is not None]
     if not buckets:
         return []
     lines = ["", "Test BLEU by source length (subwords):", "",
