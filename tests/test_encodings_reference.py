@@ -235,3 +235,25 @@ def test_learned_positions_refuse_sequences_past_their_table() -> None:
     model = build_model(make_cfg("learned", max_len=4), vocab_size=11)
     with pytest.raises(ConfigError, match="encoding.max_len=4"):
         model.encode(torch.full((1, 5), 5))
+
+
+@pytest.mark.parametrize("positions", ["none", "relative_keys", "rotary"])
+@pytest.mark.parametrize("causal", [False, True])
+def test_fused_and_explicit_attention_agree(monkeypatch, positions, causal) -> None:
+    """The fused SDPA path (GPUs; the CPU in fp32 without dropout or bias) and the explicit
+    path (the CPU otherwise) compute the same attention, padding and the a^K bias included."""
+    import nmt.attention as attention
+
+    torch.manual_seed(0)
+    H, d = 4, 8
+    pos = {"none": None, "relative_keys": RelativePositionBias(H, d, 3, True, False, False),
+           "rotary": RotaryPositions(d, 10000.0)}[positions]
+    attn = MultiHeadAttention(H * d, H, 0.0, pos).double().eval()
+    x = torch.randn(3, 7, H * d, dtype=torch.float64)
+    pad = torch.zeros(3, 7, dtype=torch.bool)
+    pad[1, 5:] = pad[2, 2:] = True
+    outs = {}
+    for fused in (True, False):
+        monkeypatch.setattr(attention, "_fused_kernel_pays", lambda *_, fused=fused: fused)
+        outs[fused] = attn(x, key_padding_mask=None if causal else pad, causal=causal)
+    torch.testing.assert_close(outs[True], outs[False], rtol=0, atol=1e-10)
