@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from nmt.checkpoint import new_file_mode
 from nmt.config import DEVICES, ConfigError, DecodeConfig
 from nmt.device import resolve_device
 from nmt.search import (
@@ -164,6 +165,7 @@ def write_text_atomic(path: str | Path, lines: Iterable[str]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, new_file_mode())
         with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
             for line in lines:
                 f.write(line + "\n")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -99,6 +100,9 @@ def test_nbest_file_output(tmp_path, toy, ckpt) -> None:
     for first, second in zip(rows[::2], rows[1::2], strict=True):
         assert float(first[2]) >= float(second[2])
     assert not list(out.parent.glob(".*.tmp")), "the temporary file is gone"
+    umask = os.umask(0)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~umask, "an ordinary file, not mkstemp's 0600"
 
 
 def test_missing_checkpoint_gives_a_clear_message(monkeypatch, capsys, tmp_path) -> None:
