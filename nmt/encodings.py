@@ -128,37 +128,46 @@ class RelativePositionBias(AttentionPositions):
                 nn.init.normal_(table, std=d_head**-0.5)
         # Keyed with the inference-mode flag: a tensor made under torch.inference_mode()
         # cannot be saved for a later backward pass.
-        self._index_cache: dict[tuple[Any, ...], Tensor] = {}
+        self._index_cache: dict[tuple[Any, ...], tuple[Tensor, int, int]] = {}
 
     def bucket_index(self, q_start: int, q_len: int, k_len: int, device: torch.device) -> Tensor:
         """r(i, j) = clip(j - i, -k, k) + k for queries q_start.. and keys 0..; `(Nq, Nk)` long."""
+        index, lo, _ = self._window_index(q_start, q_len, k_len, device)
+        return index + lo
+
+    def _window_index(self, q_start: int, q_len: int, k_len: int, device: torch.device):
+        """(r - lo, lo, hi): the buckets lo..hi these queries and keys can reach, and the index
+        into that window. With k far above the sentence length (Table 2's k = 64, 256) most of
+        the 2k+1 buckets are unreachable; the terms below only touch the reachable ones."""
         key = (q_start, q_len, k_len, device, torch.is_inference_mode_enabled())
-        index = self._index_cache.get(key)
-        if index is None:
+        cached = self._index_cache.get(key)
+        if cached is None:
+            lo = max(-self.k, -(q_start + q_len - 1)) + self.k  # most negative offset j - i
+            hi = min(self.k, k_len - 1 - q_start) + self.k  # most positive
             i = torch.arange(q_start, q_start + q_len, device=device).unsqueeze(1)
             j = torch.arange(k_len, device=device).unsqueeze(0)
-            index = (j - i).clamp(-self.k, self.k) + self.k
+            index = (j - i).clamp(-self.k, self.k) + (self.k - lo)
             if len(self._index_cache) > 64:  # decoding visits many (q_start, k_len) pairs
                 self._index_cache.clear()
-            self._index_cache[key] = index
-        return index
+            cached = self._index_cache[key] = (index, lo, hi)
+        return cached
 
     def score_bias(self, q: Tensor, q_start: int, k_len: int) -> Tensor:
         B, H, Nq, _ = q.shape
-        index = self.bucket_index(q_start, Nq, k_len, q.device)
-        edge = self.edge_keys.to(q.dtype)  # type: ignore[union-attr]
+        index, lo, hi = self._window_index(q_start, Nq, k_len, q.device)
+        edge = self.edge_keys[..., lo : hi + 1, :].to(q.dtype)  # type: ignore[index]
         if self.share_heads:
-            per_bucket = q @ edge.t()  # (B, H, Nq, 2k+1)
+            per_bucket = q @ edge.t()  # (B, H, Nq, hi - lo + 1)
         else:  # einsum batches over heads; a broadcast matmul would copy the table B times
             per_bucket = torch.einsum("bhnd,hrd->bhnr", q, edge)
         return per_bucket.gather(-1, index.expand(B, H, Nq, k_len))  # (B, H, Nq, Nk)
 
     def value_term(self, weights: Tensor, q_start: int) -> Tensor:
         B, H, Nq, Nk = weights.shape
-        index = self.bucket_index(q_start, Nq, Nk, weights.device)
-        buckets = weights.new_zeros(B, H, Nq, 2 * self.k + 1)
-        buckets = buckets.scatter_add(-1, index.expand(B, H, Nq, Nk), weights)  # (B, H, Nq, 2k+1)
-        edge = self.edge_values.to(weights.dtype)  # type: ignore[union-attr]
+        index, lo, hi = self._window_index(q_start, Nq, Nk, weights.device)
+        buckets = weights.new_zeros(B, H, Nq, hi - lo + 1)
+        buckets = buckets.scatter_add(-1, index.expand(B, H, Nq, Nk), weights)  # (B, H, Nq, hi - lo + 1)
+        edge = self.edge_values[..., lo : hi + 1, :].to(weights.dtype)  # type: ignore[index]
         if self.share_heads:
             return buckets @ edge  # (B, H, Nq, d)
         return torch.einsum("bhnr,hrd->bhnd", buckets, edge)

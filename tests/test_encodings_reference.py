@@ -149,6 +149,7 @@ ATTENTION_CASES = {
     "relative-keys-only-shared": dict(encoding="relative", values=False, share_heads=True),
     "relative-k0": dict(encoding="relative", k=0),
     "relative-k-beyond-length": dict(encoding="relative", k=9),
+    "relative-shared-k-beyond-length": dict(encoding="relative", k=9, share_heads=True),
     "rotary": dict(encoding="rotary"),
     "none": dict(encoding="none"),
 }
