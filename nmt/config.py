@@ -106,7 +106,7 @@ class DataConfig:
 class TrainConfig:
     max_tokens: int = 4096  # per batch, source + target padded positions (paper: 4096 per GPU)
     update_freq: int = 1  # gradient accumulation: batches per optimizer step
-    max_steps: int = 100_000
+    max_steps: int = 100_000  # 0: no step budget (then max_epochs must be set)
     max_epochs: int = 0  # 0: no epoch budget
     lr_scale: float = 1.0  # multiplies d_model^-0.5 * min(step^-0.5, step * warmup^-1.5)
     warmup_steps: int = 4000
@@ -128,6 +128,9 @@ class TrainConfig:
     average_last: int = 0  # average the last N checkpoints before the final test
     resume: bool = True  # continue from checkpoint_last.pt in the run directory if present
     tensorboard: bool = True  # event files when the `tb` extra is installed
+    # How long ranks wait in a collective, e.g. for rank 0's validation and final decode;
+    # NCCL's default (10 minutes) is shorter than decoding a WMT test set with the beam.
+    dist_timeout_minutes: int = 120
 
 
 @dataclass
@@ -284,7 +287,7 @@ def _validate_train(train: Any) -> None:
         raise ConfigError(
             f"train.precision={train.precision!r} is unknown; choose one of {PRECISIONS}"
         )
-    for name in ("max_tokens", "update_freq", "warmup_steps", "log_every", "eval_every"):
+    for name in ("max_tokens", "update_freq", "warmup_steps", "log_every", "eval_every", "dist_timeout_minutes"):
         if getattr(train, name) < 1:
             raise ConfigError(f"train.{name}={getattr(train, name)} must be >= 1")
     if train.max_steps < 1 and train.max_epochs < 1:

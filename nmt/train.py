@@ -14,6 +14,7 @@ import os
 import random
 import time
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -74,7 +75,7 @@ def init_runtime(cfg: DictConfig) -> Runtime:
         backend = "nccl" if device.type == "cuda" else "gloo"
         if device.type == "cuda":
             torch.cuda.set_device(device)
-        dist.init_process_group(backend=backend)
+        dist.init_process_group(backend=backend, timeout=timedelta(minutes=cfg.train.dist_timeout_minutes))
     if cfg.train.threads > 0:
         torch.set_num_threads(cfg.train.threads)
     return Runtime(device, resolve_precision(cfg.train.precision, device), rank, world_size)
@@ -434,12 +435,17 @@ class Trainer:
     def _check_finite(self, pending: list[tuple[int, torch.Tensor, float]]) -> None:
         if not pending:
             return
-        values = torch.stack([loss for _, loss, _ in pending]).cpu()
-        bad = (~torch.isfinite(values)).nonzero()
+        values = torch.stack([loss for _, loss, _ in pending])
+        flags = (~torch.isfinite(values)).to(torch.int32)
+        if self.rt.world_size > 1:  # every rank stops at the same step, none waits forever
+            dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+        bad = flags.cpu().nonzero()
         if len(bad):
             step, _, lr = pending[int(bad[0])]
+            value = values[int(bad[0])].item()
+            what = f"became {value}" if not math.isfinite(value) else "became non-finite on another rank"
             raise TrainingError(
-                f"the loss became {values[int(bad[0])].item()} at step {step} (learning rate "
+                f"the loss {what} at step {step} (learning rate "
                 f"{lr:.3g}); the last good checkpoint is kept in {self.run_dir}. Lower "
                 f"train.lr_scale, raise train.warmup_steps, or set train.clip_norm"
             )
