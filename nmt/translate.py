@@ -17,6 +17,7 @@ import math
 import os
 import sys
 import tempfile
+import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ from nmt.search import (
     beam_search,
     greedy_search,
     source_position_limit,
+    target_position_limit,
 )
 
 
@@ -122,6 +124,14 @@ def translate_ids(
             results[i] = hyps
         bar.update(len(rows))
     bar.close()
+    limit = target_position_limit(model)
+    cut = sum(1 for hyps in results if limit and hyps and len(hyps[0].tokens) + 1 >= limit)
+    if cut:
+        warnings.warn(
+            f"{cut} of {len(results)} translations reached the end of the learned position table "
+            f"(encoding.max_len={limit}) and were cut there; train with a larger encoding.max_len "
+            f"or use an encoding without a length limit", stacklevel=2,
+        )
     return results
 
 

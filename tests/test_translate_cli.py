@@ -128,6 +128,18 @@ def test_checkpoint_with_another_vocabulary_is_refused(monkeypatch, capsys, tmp_
     assert code == 2 and "vocabulary" in err and "Traceback" not in err
 
 
+def test_outputs_cut_by_the_learned_position_table_are_reported(toy) -> None:
+    """Learned positions end at encoding.max_len: an output that runs into it is cut, loudly."""
+    data, _ = toy
+    cfg = compose(["encoding=learned", "encoding.max_len=6", "data.max_len=4"])
+    torch.manual_seed(0)
+    model = build_model(cfg, data.vocab.size)
+    src = [[*data.vocab.encode(s)[:3], EOS_ID] for s in data.splits["test"].src_text[:3]]
+    with pytest.warns(UserWarning, match=r"3 of 3 translations reached .*encoding.max_len=6"):
+        out = translate.translate_ids(model, src, beam=2, max_len_a=0, max_len_b=20)
+    assert all(len(h[0].tokens) + 1 <= 6 for h in out)
+
+
 def test_too_long_line_for_learned_positions_is_refused(tmp_path, capsys, toy) -> None:
     data, _ = toy
     cfg = compose(["encoding=learned", "encoding.max_len=12", "data.max_len=8"])
