@@ -143,7 +143,7 @@ class RelativePositionBias(AttentionPositions):
         cached = self._index_cache.get(key)
         if cached is None:
             lo = max(-self.k, -(q_start + q_len - 1)) + self.k  # most negative offset j - i
-            hi = min(self.k, k_len - 1 - q_start) + self.k  # most positive
+            hi = max(min(self.k, k_len - 1 - q_start), -self.k) + self.k  # most positive
             i = torch.arange(q_start, q_start + q_len, device=device).unsqueeze(1)
             j = torch.arange(k_len, device=device).unsqueeze(0)
             index = (j - i).clamp(-self.k, self.k) + (self.k - lo)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
+import re
 import sys
 import time
 from collections.abc import Sequence
@@ -138,16 +138,19 @@ def format_summary(result: dict[str, Any]) -> str:
 # the command line
 
 
+OVERRIDE_KEY = re.compile(r"[+~]*[A-Za-z_][\w.]*")  # data.root, encoding.rotary_factor, ...
+
+
 def split_inputs(inputs: Sequence[str]) -> tuple[list[str], list[str]]:
     """Positional arguments -> (checkpoint paths, `key=value` overrides).
 
-    An existing file, or anything with a path separator before its first "=", is a checkpoint:
-    sweep job directories are named `3_encoding.k=16,seed=1/`, and their checkpoints must not
-    be mistaken for overrides."""
+    An override's key is a dotted name (`data.root=...`); anything else, and any existing
+    file, is a checkpoint: sweep job directories are named `3_encoding.k=16,seed=1/`, and
+    their checkpoints must not be mistaken for overrides."""
 
     def is_override(arg: str) -> bool:
         key, eq, _ = arg.partition("=")
-        return bool(eq) and "/" not in key and os.sep not in key and not Path(arg).is_file()
+        return bool(eq) and OVERRIDE_KEY.fullmatch(key) is not None and not Path(arg).is_file()
 
     checkpoints = [a for a in inputs if not is_override(a)]
     overrides = [a for a in inputs if is_override(a)]

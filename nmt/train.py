@@ -204,6 +204,7 @@ class Trainer:
         self.resumed_from: str | None = None
         self._shares_epoch: int | None = None  # every rank's batches of that epoch (DDP)
         self._shares: list[list[list[int]]] = []
+        self._steps_per_epoch: int | None = None
         self._maybe_resume()
         if not self.resumed_from:  # dropout streams differ per rank; a resume restores them
             torch.manual_seed(cfg.seed + self.rt.rank)
@@ -327,8 +328,9 @@ class Trainer:
         if t.max_steps > 0:
             budgets.append(t.max_steps)
         if t.max_epochs > 0:
-            per_epoch = math.ceil(len(self._epoch_batches(self.progress.epoch)) / t.update_freq)
-            budgets.append(t.max_epochs * per_epoch)
+            if self._steps_per_epoch is None:  # for the ETA only: built once, not per log line
+                self._steps_per_epoch = math.ceil(len(self._epoch_batches(self.progress.epoch)) / t.update_freq)
+            budgets.append(t.max_epochs * self._steps_per_epoch)
         return min(budgets) if budgets else None
 
     def run(self) -> dict[str, Any]:
@@ -346,7 +348,7 @@ class Trainer:
         # (step, loss, learning rate of that step): checked at log time, no sync per step
         pending: list[tuple[int, torch.Tensor, float]] = []
         exhausted = False
-        saved_step = p.step
+        saved_step = validated_step = p.step
         while (t.max_steps <= 0 or p.step < t.max_steps) and not exhausted:
             group = []
             for _ in range(t.update_freq):
@@ -399,13 +401,14 @@ class Trainer:
                 paused = time.perf_counter()
                 start_time, start_step = self._checkpoint(evaluate, start_time), p.step
                 saved_step = p.step
+                validated_step = p.step if evaluate else validated_step
                 window.exclude(time.perf_counter() - paused)
         # The epoch budget ran out between log / eval / save steps: the last steps are
         # checked, logged, validated and saved like a max_steps ending.
         self._check_finite(pending)
-        if p.step > saved_step:
-            if window.loss is not None:
-                self._log_train(window, start_step, start_time)
+        if window.loss is not None:
+            self._log_train(window, start_step, start_time)
+        if p.step > validated_step or p.step > saved_step:
             start_time = self._checkpoint(True, start_time)
         p.train_seconds += time.perf_counter() - start_time
         if p.step == 0 and not self.resumed_from:  # nothing trained, nothing saved yet

@@ -18,6 +18,7 @@ import os
 import sys
 import tempfile
 import warnings
+import zlib
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -147,7 +148,7 @@ def read_lines(path: str | None) -> list[str]:
     if not stdin and str(path).endswith(".gz"):
         try:
             data = gzip.decompress(data)
-        except (OSError, EOFError) as err:
+        except (OSError, EOFError, zlib.error) as err:
             raise TranslateError(f"{where} is not a complete gzip file ({err})") from None
     try:
         text = data.decode("utf-8").removeprefix("\ufeff")

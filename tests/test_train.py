@@ -90,6 +90,10 @@ def test_an_epoch_budget_trains_every_batch_once_and_saves_the_end(quick_cfg, tm
     assert results["steps"] == len(batches) > 1 and results["epochs"] == pytest.approx(1.0)
     assert load_checkpoint(tmp_path / "run" / "checkpoint_last.pt")["step"] == len(batches)
     assert list(train_losses(tmp_path / "run")) == [len(batches)]
+    # the last step is a save step but not an eval step: it is still validated
+    results = train(quick_cfg("train.max_steps=0", "train.max_epochs=1", "train.save_every=1"), tmp_path / "r2")
+    records = [json.loads(x) for x in (tmp_path / "r2" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r["split"] == "valid"] == [len(batches)]
 
 
 def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(

@@ -234,6 +234,10 @@ def test_evaluate_takes_checkpoints_from_sweep_directories(tmp_path, monkeypatch
     assert evaluate.split_inputs([str(job / "checkpoint_best.pt"), "k=2.pt", "data.toy.test_size=5"]) == (
         [str(job / "checkpoint_best.pt"), "k=2.pt"], ["data.toy.test_size=5"]
     )
+    # relative to the sweep directory and missing: a checkpoint (file not found), not an override
+    assert evaluate.split_inputs(["3_encoding.k=16,seed=1/nope.pt", "data.root=/x"]) == (
+        ["3_encoding.k=16,seed=1/nope.pt"], ["data.root=/x"]
+    )
     code = evaluate.main([str(job / "checkpoint_best.pt"), "--beam", "1", "--max-sentences", "3",
                           *SHORT, "-o", str(tmp_path / "ev"), "--quiet"])
     assert code == 0, capsys.readouterr().err
@@ -248,6 +252,9 @@ def test_gzipped_input_translates_like_plain_text(tmp_path, toy) -> None:
     (tmp_path / "in.txt").write_text(lines, encoding="utf-8")
     (tmp_path / "in.txt.gz").write_bytes(gzip.compress(lines.encode("utf-8")))
     assert translate.read_lines(str(tmp_path / "in.txt.gz")) == translate.read_lines(str(tmp_path / "in.txt"))
-    (tmp_path / "cut.gz").write_bytes(gzip.compress(lines.encode("utf-8"))[:20])
-    with pytest.raises(translate.TranslateError, match="cut.gz is not a complete gzip file"):
-        translate.read_lines(str(tmp_path / "cut.gz"))
+    packed = gzip.compress(lines.encode("utf-8"))
+    (tmp_path / "cut.gz").write_bytes(packed[:20])
+    (tmp_path / "bad.gz").write_bytes(packed[:12] + bytes(b ^ 0xFF for b in packed[12:-8]) + packed[-8:])
+    for name in ("cut.gz", "bad.gz"):  # EOFError / zlib.error underneath
+        with pytest.raises(translate.TranslateError, match=f"{name} is not a complete gzip file"):
+            translate.read_lines(str(tmp_path / name))
