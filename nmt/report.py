@@ -115,7 +115,9 @@ def swept_keys(runs: list[Run]) -> list[str]:
     for key in sorted(keys):
         if key.startswith(IGNORED_PREFIXES):
             continue
-        if len({repr(run.config.get(key)) for run in runs}) > 1:
+        # A key only some runs have (added to the schema since) is swept only if the runs
+        # that have it disagree.
+        if len({repr(run.config[key]) for run in runs if key in run.config}) > 1:
             swept.append(key)
     # Keys that follow from another swept key (e.g. model.d_model with model.name) add no row.
     return [k for k in swept if not _determined_by_other(k, swept, runs)]

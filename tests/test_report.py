@@ -14,7 +14,8 @@ import yaml
 from nmt.report import report
 
 
-def fake_run(root: Path, name: str, k: int, seed: int, test_bleu: float | None, failed: bool = False):
+def fake_run(root: Path, name: str, k: int, seed: int, test_bleu: float | None, failed: bool = False,
+             train: dict | None = None):
     run = root / name
     (run / ".hydra").mkdir(parents=True)
     config = {
@@ -22,6 +23,7 @@ def fake_run(root: Path, name: str, k: int, seed: int, test_bleu: float | None, 
         "encoding": {"name": "relative", "k": k, "keys": True, "values": True},
         "data": {"name": "toy", "cache_dir": f"/somewhere/{name}"},
         "seed": seed,
+        **({"train": train} if train else {}),
     }
     (run / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
     if failed:
@@ -62,6 +64,16 @@ def test_report_rows_are_the_swept_values_averaged_over_seeds(tmp_path) -> None:
     assert len(csv_lines) == 4 and csv_lines[0].startswith("encoding.k,runs,seeds")
     assert (tmp_path / "report" / "bleu_vs_k.png").stat().st_size > 1000
     assert (tmp_path / "report" / "bleu_by_length.png").stat().st_size > 1000
+
+
+def test_a_config_key_newer_than_some_runs_is_not_a_variable(tmp_path) -> None:
+    """Runs made before a schema key existed lack it: that alone does not make it a row."""
+    fake_run(tmp_path, "old_k=2", 2, 1, 30.0)
+    fake_run(tmp_path, "new_k=2", 2, 2, 31.0, train={"new_option": 120})
+    fake_run(tmp_path, "new_k=4", 4, 1, 35.0, train={"new_option": 120})
+    assert report([tmp_path], tmp_path / "r1")["keys"] == ["encoding.k"]
+    fake_run(tmp_path, "new_k=8", 8, 1, 36.0, train={"new_option": 60})
+    assert report([tmp_path], tmp_path / "r2")["keys"] == ["encoding.k", "train.new_option"]
 
 
 def test_report_command_names_a_missing_directory(tmp_path) -> None:
