@@ -67,6 +67,23 @@ def _run_config(run_dir: Path, results: dict[str, Any] | None) -> dict[str, Any]
     return {}
 
 
+# The encoding options each encoding reads; the others sit in its config unused, and must not
+# tell its row apart (an absolute run's encoding.k, a relative run's rotary_factor).
+ENCODING_OPTIONS = {
+    "relative": ("k", "keys", "values", "share_heads"),
+    "combined": ("k", "keys", "values", "share_heads"),
+    "rotary": ("rotary_base", "rotary_scaling", "rotary_factor"),
+    "learned": ("max_len",),
+}
+ALL_ENCODING_OPTIONS = {o for options in ENCODING_OPTIONS.values() for o in options}
+
+
+def _without_unused_encoding_options(config: dict[str, Any]) -> dict[str, Any]:
+    used = ENCODING_OPTIONS.get(config.get("encoding.name"), ())
+    return {key: value for key, value in config.items()
+            if not (key.startswith("encoding.") and key[len("encoding."):] in ALL_ENCODING_OPTIONS - set(used))}
+
+
 def _last_step(run_dir: Path) -> int | None:
     metrics = run_dir / "metrics.jsonl"
     if not metrics.exists():
@@ -93,7 +110,7 @@ def find_runs(paths: list[Path]) -> list[Run]:
     for run_dir in sorted(dirs):
         results_file, failed_file = run_dir / "results.json", run_dir / "failed.json"
         results = json.loads(results_file.read_text()) if results_file.exists() else None
-        config = _run_config(run_dir, results)
+        config = _without_unused_encoding_options(_run_config(run_dir, results))
         if results is not None:
             runs.append(Run(run_dir, "finished", config, results))
         elif failed_file.exists():
@@ -198,6 +215,11 @@ def _by_length(members: list[Run]) -> list[dict[str, Any]]:
     return [{"bucket": b, "bleu": _mean_std(buckets[b])[0], "sentences_runs": len(buckets[b])} for b in order]
 
 
+def _cell(value: Any) -> str:
+    """A swept value; "—" where the row's encoding has no such option."""
+    return "—" if value is None else str(value)
+
+
 def _fmt(mean: float | None, std: float | None, digits: int = 2) -> str:
     if mean is None:
         return "—"
@@ -216,7 +238,7 @@ def markdown(rows: list[dict[str, Any]], keys: list[str], runs: list[Run]) -> st
         "|" + "---|" * len(head) + "---:|---:|---:|---:|---:|---:|---|",
     ]
     for row in rows:
-        cells = [str(row[k]) for k in keys] + [
+        cells = [_cell(row.get(k)) for k in keys] + [
             _fmt(row["valid_bleu"], row["valid_bleu_std"]),
             _fmt(row["test_bleu"], row["test_bleu_std"]),
             _fmt(row["test_chrf"], row["test_chrf_std"]),
@@ -249,7 +271,7 @@ def _length_table(rows: list[dict[str, Any]], keys: list[str], head: list[str]) 
              "| " + " | ".join([*head, *buckets]) + " |", "|" + "---|" * len(head) + "---:|" * len(buckets)]
     for row in rows:
         bleu = {b["bucket"]: b["bleu"] for b in row["by_length"]}
-        lines.append("| " + " | ".join([*(str(row[k]) for k in keys), *(_fmt(bleu.get(b), None, 1) for b in buckets)]) + " |")
+        lines.append("| " + " | ".join([*(_cell(row.get(k)) for k in keys), *(_fmt(bleu.get(b), None, 1) for b in buckets)]) + " |")
     return lines
 
 
@@ -278,7 +300,8 @@ def _save(fig: Any, ax: Any, path: Path, xlabel: str, ylabel: str) -> None:
 
 def plot_bleu_vs_k(rows: list[dict[str, Any]], keys: list[str], path: Path) -> bool:
     """Test (and validation) BLEU against k, one line per combination of the other keys."""
-    if "encoding.k" not in keys:
+    rows = [r for r in rows if r.get("encoding.k") is not None]  # encodings without a k
+    if "encoding.k" not in keys or not rows:
         return False
     import matplotlib
 

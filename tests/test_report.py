@@ -15,12 +15,12 @@ from nmt.report import report
 
 
 def fake_run(root: Path, name: str, k: int, seed: int, test_bleu: float | None, failed: bool = False,
-             train: dict | None = None):
+             train: dict | None = None, encoding: str = "relative"):
     run = root / name
     (run / ".hydra").mkdir(parents=True)
     config = {
         "model": {"name": "tiny", "d_model": 64},
-        "encoding": {"name": "relative", "k": k, "keys": True, "values": True},
+        "encoding": {"name": encoding, "k": k, "keys": True, "values": True},
         "data": {"name": "toy", "cache_dir": f"/somewhere/{name}"},
         "seed": seed,
         **({"train": train} if train else {}),
@@ -74,6 +74,18 @@ def test_a_config_key_newer_than_some_runs_is_not_a_variable(tmp_path) -> None:
     assert report([tmp_path], tmp_path / "r1")["keys"] == ["encoding.k"]
     fake_run(tmp_path, "new_k=8", 8, 1, 36.0, train={"new_option": 60})
     assert report([tmp_path], tmp_path / "r2")["keys"] == ["encoding.k", "train.new_option"]
+
+
+def test_options_an_encoding_does_not_use_define_no_row(tmp_path) -> None:
+    """An absolute run's config still says k=16: the table shows "—" there, not a k."""
+    fake_run(tmp_path, "a", 2, 1, 30.0)
+    fake_run(tmp_path, "b", 4, 1, 35.0)
+    fake_run(tmp_path, "c", 16, 1, 20.0, encoding="absolute")
+    out = report([tmp_path], tmp_path / "r")
+    assert out["keys"] == ["encoding.k", "encoding.name"]
+    assert [(r["encoding.name"], r["encoding.k"]) for r in out["rows"]] == [
+        ("absolute", None), ("relative", 2), ("relative", 4)]
+    assert "| — | absolute |" in (tmp_path / "r" / "report.md").read_text()
 
 
 def test_report_command_names_a_missing_directory(tmp_path) -> None:
