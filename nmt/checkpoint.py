@@ -10,6 +10,7 @@ checkpoints also hold the optimizer, scheduler, scaler, RNG and data position.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import re
 import sys
@@ -28,6 +29,7 @@ class CheckpointError(ValueError):
     """A checkpoint is missing, unreadable, or does not fit what it is used with."""
 
 
+@functools.cache  # os.umask can only be read by setting it: once per process, not per write
 def new_file_mode() -> int:
     """What open() would give a new file (0o666 less the umask); mkstemp's files are 0o600."""
     umask = os.umask(0)

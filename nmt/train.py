@@ -202,9 +202,7 @@ class Trainer:
         self.progress = Progress()
         self.keeper = CheckpointKeeper(self.run_dir, t.keep_last)
         self.resumed_from: str | None = None
-        self._shares_epoch: int | None = None  # every rank's batches of that epoch (DDP)
-        self._shares: list[list[list[int]]] = []
-        self._steps_per_epoch: int | None = None
+        self._shares: dict[int, list[list[list[int]]]] = {}  # epoch -> every rank's batches
         self._maybe_resume()
         if not self.resumed_from:  # dropout streams differ per rank; a resume restores them
             torch.manual_seed(cfg.seed + self.rt.rank)
@@ -288,11 +286,22 @@ class Trainer:
 
     # -- training -------------------------------------------------------------------------
 
+    def _epoch_shares(self, epoch: int) -> list[list[list[int]]]:
+        """Every rank's batches of an epoch. Each rank builds all of them, so the global token
+        count of a step needs no collective; the last two epochs are kept (a step's batches
+        may straddle an epoch boundary)."""
+        if epoch not in self._shares:
+            if len(self._shares) >= 2:
+                del self._shares[min(self._shares)]
+            self._shares[epoch] = [
+                split_batches(self.train_split, self.cfg.train.max_tokens, seed=self.cfg.seed,
+                              epoch=epoch, shuffle=True, rank=r, world_size=self.rt.world_size)
+                for r in range(self.rt.world_size)
+            ]
+        return self._shares[epoch]
+
     def _epoch_batches(self, epoch: int) -> list[list[int]]:
-        return split_batches(
-            self.train_split, self.cfg.train.max_tokens, seed=self.cfg.seed, epoch=epoch,
-            shuffle=True, rank=self.rt.rank, world_size=self.rt.world_size,
-        )
+        return self._epoch_shares(epoch)[self.rt.rank]
 
     def _batches(self):
         """Yield (epoch, position after this batch, batch indices) from the saved position on."""
@@ -305,32 +314,23 @@ class Trainer:
             epoch, start = epoch + 1, 0
 
     def _global_tokens(self, group: list[tuple[int, int, list[int]]]) -> int:
-        """Target tokens (+ EOS each) of this step on all ranks. Every rank can build every
-        rank's share of an epoch on the host, so this needs no all_reduce and no device sync."""
+        """Target tokens (+ EOS each) of this step on all ranks, from every rank's batch list
+        on the host: no all_reduce and no device sync."""
         tgt_lens = self.train_split.tgt_lens
-        if self.rt.world_size == 1:
-            return int(sum(tgt_lens[b].sum() + len(b) for _, _, b in group))
-        total = 0
-        for epoch, pos, _ in group:
-            if self._shares_epoch != epoch:
-                self._shares_epoch = epoch
-                self._shares = [
-                    split_batches(self.train_split, self.cfg.train.max_tokens, seed=self.cfg.seed,
-                                  epoch=epoch, shuffle=True, rank=r, world_size=self.rt.world_size)
-                    for r in range(self.rt.world_size)
-                ]
-            total += sum(int(tgt_lens[s[pos - 1]].sum()) + len(s[pos - 1]) for s in self._shares if pos <= len(s))
-        return total
+        return sum(
+            int(tgt_lens[share[pos - 1]].sum()) + len(share[pos - 1])
+            for epoch, pos, _ in group
+            for share in self._epoch_shares(epoch)
+            if pos <= len(share)
+        )
 
     def _total_steps(self) -> int | None:
         """The step budget: train.max_steps, or the epochs' worth of steps, whichever is less."""
         t, budgets = self.cfg.train, []
         if t.max_steps > 0:
             budgets.append(t.max_steps)
-        if t.max_epochs > 0:
-            if self._steps_per_epoch is None:  # for the ETA only: built once, not per log line
-                self._steps_per_epoch = math.ceil(len(self._epoch_batches(self.progress.epoch)) / t.update_freq)
-            budgets.append(t.max_epochs * self._steps_per_epoch)
+        if t.max_epochs > 0:  # the current epoch's batches are cached: no rebuild per log line
+            budgets.append(t.max_epochs * math.ceil(len(self._epoch_batches(self.progress.epoch)) / t.update_freq))
         return min(budgets) if budgets else None
 
     def run(self) -> dict[str, Any]:
@@ -348,7 +348,7 @@ class Trainer:
         # (step, loss, learning rate of that step): checked at log time, no sync per step
         pending: list[tuple[int, torch.Tensor, float]] = []
         exhausted = False
-        saved_step = validated_step = p.step
+        validated_step = p.step  # every validation comes with a save
         while (t.max_steps <= 0 or p.step < t.max_steps) and not exhausted:
             group = []
             for _ in range(t.update_freq):
@@ -400,7 +400,6 @@ class Trainer:
                 pending = []
                 paused = time.perf_counter()
                 start_time, start_step = self._checkpoint(evaluate, start_time), p.step
-                saved_step = p.step
                 validated_step = p.step if evaluate else validated_step
                 window.exclude(time.perf_counter() - paused)
         # The epoch budget ran out between log / eval / save steps: the last steps are
@@ -408,7 +407,7 @@ class Trainer:
         self._check_finite(pending)
         if window.loss is not None:
             self._log_train(window, start_step, start_time)
-        if p.step > validated_step or p.step > saved_step:
+        if p.step > validated_step:
             start_time = self._checkpoint(True, start_time)
         p.train_seconds += time.perf_counter() - start_time
         if p.step == 0 and not self.resumed_from:  # nothing trained, nothing saved yet

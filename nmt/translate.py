@@ -12,7 +12,6 @@ is decoded or written; every other encoding translates lines of any length in fu
 from __future__ import annotations
 
 import argparse
-import gzip
 import math
 import os
 import sys
@@ -28,6 +27,7 @@ import torch
 
 from nmt.checkpoint import new_file_mode
 from nmt.config import DEVICES, ConfigError, DecodeConfig
+from nmt.data.corpora import read_bytes
 from nmt.device import resolve_device
 from nmt.search import (
     EOS_ID,
@@ -142,14 +142,12 @@ def read_lines(path: str | None) -> list[str]:
     stdin = path in (None, "-")
     where = "standard input" if stdin else str(path)
     try:
-        data = sys.stdin.buffer.read() if stdin else Path(path).read_bytes()  # type: ignore[arg-type]
+        data = sys.stdin.buffer.read() if stdin else read_bytes(Path(path))  # type: ignore[arg-type]
     except (FileNotFoundError, IsADirectoryError):
         raise TranslateError(f"input file {path} does not exist") from None
-    if not stdin and str(path).endswith(".gz"):
-        try:
-            data = gzip.decompress(data)
-        except (OSError, EOFError, zlib.error) as err:
-            raise TranslateError(f"{where} is not a complete gzip file ({err})") from None
+    except (OSError, EOFError, zlib.error) as err:
+        problem = "is not a complete gzip file" if where.endswith(".gz") else "cannot be read"
+        raise TranslateError(f"{where} {problem} ({err})") from None
     try:
         text = data.decode("utf-8").removeprefix("\ufeff")
     except UnicodeDecodeError as err:

@@ -220,14 +220,18 @@ class LocalCorpus(Corpus):
         return ParallelText(src, tgt)
 
 
+def read_bytes(path: Path) -> bytes:
+    """A file's bytes, decompressed if its name ends in .gz (OSError, EOFError, zlib.error)."""
+    if path.suffix == ".gz":
+        with gzip.open(path, "rb") as f:
+            return f.read()
+    return path.read_bytes()
+
+
 def read_lines(path: Path) -> list[str]:
     """The lines of a UTF-8 text file (gzipped if it ends in .gz), stripped; DataError if invalid."""
     try:
-        if path.suffix == ".gz":
-            with gzip.open(path, "rb") as f:
-                raw = f.read()
-        else:
-            raw = path.read_bytes()
+        raw = read_bytes(path)
     except (OSError, EOFError, zlib.error) as exc:
         raise DataError(f"{path}: cannot read ({exc})") from None
     try:
