@@ -154,8 +154,8 @@ class MultiHeadAttention(nn.Module):
 def _fused_kernel_pays(q: Tensor, has_bias: bool, dropout: float) -> bool:
     """Whether `scaled_dot_product_attention` beats the explicit softmax(q k^T) v here.
 
-    On GPUs always (fused kernels, O(N) memory). On the CPU (torch 2.13, 1 thread, model=small
-    shapes: batch 120, 4 heads of 64, N = 20, forward + backward; ms per 10 passes) it loses
+    On GPUs always (fused kernels, O(N) memory). On the CPU (a one-off timing on a shared core,
+    torch 2.13, 1 thread, model=small shapes: batch 120, 4 heads of 64, N = 20, forward + backward; ms per 10 passes) it loses
     with dropout (fp32 256 against 221 explicit, bf16 280 against 209), with a float bias
     (keys-only relative, no dropout: fp32 258 against 199) and in bf16 (316 against 197), and
     wins only in fp32 with neither (178 against 185), where it also keeps O(N) memory.
