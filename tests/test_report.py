@@ -107,6 +107,8 @@ def test_toy_k_sweep_through_hydra_multirun_and_nmt_report(tmp_path) -> None:
          f"data.cache_dir={tmp_path / 'cache'}", f"hydra.sweep.dir={sweep}"],
         check=True, capture_output=True,
     )
+    # a path among the overrides (data.cache_dir) must not nest the job directories
+    assert [p.parent.parent for p in sweep.rglob("results.json")] == [sweep] * 3
     proc = subprocess.run(["nmt-report", str(sweep)], capture_output=True, text=True, check=True)
     main_table, length_table = proc.stdout.split("Test BLEU by source length")[:2]
     rows = [line for line in main_table.splitlines() if line.startswith("| ") and "BLEU" not in line]

@@ -1,0 +1,54 @@
+"""Sweeps through Hydra's submitit launcher: the SLURM preset composes, local jobs share a cache."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_module
+
+from nmt.config import register_configs
+
+TINY_TOY_RUN = [
+    "data.toy.train_size=2000", "data.toy.valid_size=20", "data.toy.test_size=20",
+    "train.max_steps=30", "train.eval_every=30", "train.warmup_steps=10",
+    "train.threads=1", "train.tensorboard=false", "decode.max_len_b=10",
+]
+
+
+def test_slurm_preset_is_the_submitit_slurm_launcher_with_one_gpu_per_job() -> None:
+    register_configs()
+    with initialize_config_module(config_module="nmt.conf", version_base="1.3"):
+        cfg = compose(
+            config_name="config",
+            overrides=["+experiment=clip_sweep", "hydra/launcher=slurm", "hydra.launcher.partition=gpu"],
+            return_hydra_config=True,
+        )
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("submitit_launcher.SlurmLauncher")
+    assert (launcher.partition, launcher.gpus_per_node, launcher.tasks_per_node) == ("gpu", 1, 1)
+    # the experiment's sweep is untouched by the launcher choice
+    assert cfg.hydra.sweeper.params["encoding.k"] == "0,1,2,4,16,64,256"
+
+
+@pytest.mark.slow
+def test_submitit_local_sweep_builds_the_data_cache_once_and_reports(tmp_path: Path) -> None:
+    """Two jobs at once through submitit (the SLURM launcher's local twin), then nmt-report."""
+    sweep, cache = tmp_path / "sweep", tmp_path / "cache"
+    subprocess.run(
+        ["nmt-train", "+experiment=clip_sweep", "encoding.k=0,2", "seed=1",
+         "hydra/launcher=submitit_local", *TINY_TOY_RUN,
+         f"data.cache_dir={cache}", f"hydra.sweep.dir={sweep}"],
+        check=True, capture_output=True,
+    )
+    assert (sweep / ".submitit").is_dir()  # the jobs really went through submitit
+    job_dirs = sorted(p.parent for p in sweep.rglob("results.json"))
+    assert len(job_dirs) == 2 and all(d.parent == sweep for d in job_dirs)  # no nesting by path
+    logs = "".join((d / "train.log").read_text() for d in job_dirs)
+    assert logs.count("cache miss, building") == 1, logs
+    proc = subprocess.run(["nmt-report", str(sweep)], capture_output=True, text=True, check=True)
+    assert "2 of 2 runs finished" in proc.stdout
+    rows = [line for line in proc.stdout.split("Test BLEU by source length")[0].splitlines()
+            if line.startswith("| ") and "BLEU" not in line]
+    assert [row.split("|")[1].strip() for row in rows] == ["0", "2"]
