@@ -95,10 +95,21 @@ class MultiHeadAttention(nn.Module):
         if memory is None:  # self-attention
             q_start = cache.length if cache is not None else 0
             k, v = self._split(self.k_proj(query)), self._split(self.v_proj(query))
-            if self.positions is not None:
-                q, k = self.positions.rotate(q, q_start), self.positions.rotate(k, q_start)
-            if cache is not None:
+            pos, total = self.positions, q_start + q.size(2)
+            if pos is not None and pos.length_dependent and cache is None and key_padding_mask is not None:
+                total = (~key_padding_mask).sum(-1)  # (B,) each sentence's own length
+            if pos is not None:
+                q = pos.rotate(q, q_start, total)
+            if pos is not None and cache is not None and pos.length_dependent:
+                # The rotation changes as the output grows (dynamic rotary scaling): the
+                # cache keeps raw keys, and all of them are rotated anew at every step.
                 k, v = cache.append(k, v)
+                k = pos.rotate(k, 0, total)
+            else:
+                if pos is not None:
+                    k = pos.rotate(k, q_start, total)
+                if cache is not None:
+                    k, v = cache.append(k, v)
         elif cache is not None and cache.keys is not None:
             k, v = cache.keys, cache.values  # type: ignore[assignment]
         else:

@@ -84,7 +84,15 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
 
 def checkpoint_config(state: dict[str, Any]) -> DictConfig:
-    return OmegaConf.create(state["config"])
+    """The checkpoint's config; model and encoding options newer than the file get defaults."""
+    from nmt.config import EncodingConfig, ModelConfig
+
+    cfg = OmegaConf.create(state["config"])
+    for section, schema in (("model", ModelConfig), ("encoding", EncodingConfig)):
+        if section in cfg:
+            defaults = OmegaConf.to_container(OmegaConf.structured(schema))
+            cfg[section] = OmegaConf.merge(OmegaConf.create(defaults), cfg[section])
+    return cfg
 
 
 def architecture_differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
@@ -99,7 +107,7 @@ def architecture_differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
                 continue  # a preset's label; the sizes themselves are compared
             # encoding.name is compared: absolute, rotary and none have the same parameters
             # but different functions, so their average would be meaningless.
-            if key.startswith("rotary_scaling") or key == "rotary_factor":
+            if key in ("rotary_scaling", "rotary_factor", "rotary_train_len"):
                 continue  # evaluation-time options
             if section == "model" and key == "init_std":
                 continue  # how the weights started, not what they are

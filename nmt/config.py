@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 ENCODINGS = ("absolute", "learned", "relative", "combined", "rotary", "none")
 NORMS = ("post", "pre")
-ROTARY_SCALINGS = ("none", "linear", "ntk")
+ROTARY_SCALINGS = ("none", "linear", "ntk", "dynamic_linear", "dynamic_ntk")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
@@ -52,8 +52,11 @@ class EncodingConfig:
     max_len: int = 1024
     # rotary (RoPE); scaling applies at evaluation only, for length-extrapolation studies
     rotary_base: float = 10000.0
-    rotary_scaling: str = "none"  # none | linear (position interpolation) | ntk
-    rotary_factor: float = 1.0
+    rotary_scaling: str = "none"  # none | linear (position interpolation) | ntk | dynamic_linear | dynamic_ntk
+    rotary_factor: float = 1.0  # linear, ntk: the fixed factor at every length
+    # dynamic_*: the factor is max(1, N / rotary_train_len) for a sequence of N positions;
+    # set it to the longest sequence seen in training (subwords + 1 for EOS / BOS)
+    rotary_train_len: int = 0
 
 
 @dataclass
@@ -196,6 +199,12 @@ def validate(cfg: Any) -> None:
         )
     if enc.rotary_factor < 1.0:
         raise ConfigError(f"encoding.rotary_factor={enc.rotary_factor} must be >= 1")
+    if enc.rotary_scaling.startswith("dynamic") and enc.rotary_train_len < 1:
+        raise ConfigError(
+            f"encoding.rotary_scaling={enc.rotary_scaling} scales by the length past the training "
+            f"length: set encoding.rotary_train_len to the longest training sequence (subwords + 1), "
+            f"got {enc.rotary_train_len}"
+        )
     if enc.max_len < 1:
         raise ConfigError(f"encoding.max_len={enc.max_len} must be >= 1")
     if model.d_model % model.heads != 0:

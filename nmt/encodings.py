@@ -87,8 +87,14 @@ class AttentionPositions(nn.Module):
     has_score_term = False
     has_value_term = False
 
-    def rotate(self, x: Tensor, start: int) -> Tensor:
-        """Applied to queries and to new keys (before they enter the cache)."""
+    @property
+    def length_dependent(self) -> bool:
+        """Whether `rotate` depends on `total`: cached keys must then be rotated at every step."""
+        return False
+
+    def rotate(self, x: Tensor, start: int, total: int | Tensor) -> Tensor:
+        """Applied to queries and keys. `total`: the sequence length so far (start + new), or
+        `(B,)` each row's own length (the encoder, whose rows are padded to the longest)."""
         return x
 
     def score_bias(self, q: Tensor, q_start: int, k_len: int) -> Tensor:
@@ -176,40 +182,66 @@ class RelativePositionBias(AttentionPositions):
 class RotaryPositions(AttentionPositions):
     """Rotary position embedding (Su et al. 2021), rotate-half layout.
 
-    Length extension at evaluation only (training always uses the plain rotation):
-    `linear` divides positions by `factor` (Chen et al. 2023, position interpolation);
-    `ntk` raises the base to base * factor^(d / (d - 2)) (the "NTK-aware" scaling).
+    Length extension at evaluation only (training always uses the plain rotation), with a
+    factor s: `linear` divides positions by s (Chen et al. 2023, position interpolation);
+    `ntk` raises the base to base * s^(d / (d - 2)) (the "NTK-aware" scaling). Fixed
+    scalings use s = `factor` at every length; the dynamic ones use s = max(1, N / train_len)
+    for a sequence of N positions, so the lengths seen in training are left untouched
+    (the "dynamic NTK" of Hugging Face transformers with scaling factor 1).
     """
 
-    def __init__(self, d_head: int, base: float, scaling: str = "none", factor: float = 1.0) -> None:
+    def __init__(
+        self, d_head: int, base: float, scaling: str = "none", factor: float = 1.0, train_len: int = 0
+    ) -> None:
         super().__init__()
         if d_head % 2:
             raise ConfigError(f"rotary positions need an even head size, got {d_head}")
+        if scaling.startswith("dynamic") and train_len < 1:
+            raise ConfigError(f"rotary scaling {scaling!r} needs train_len >= 1, got {train_len}")
         self.d_head, self.base, self.scaling, self.factor = d_head, base, scaling, factor
+        self.train_len = train_len
         self._cos_sin: dict[tuple[Any, ...], tuple[Tensor, Tensor]] = {}
 
-    def _angles(self, start: int, length: int, device: torch.device, dtype: torch.dtype):
-        scaled = not self.training and self.scaling != "none" and self.factor != 1.0
-        key = (start, length, device, dtype, scaled, torch.is_inference_mode_enabled())
+    @property
+    def length_dependent(self) -> bool:
+        return not self.training and self.scaling.startswith("dynamic")
+
+    def _scale(self, total: int) -> float:
+        if self.training or self.scaling == "none":
+            return 1.0
+        if self.length_dependent:
+            return max(1.0, total / self.train_len)
+        return self.factor
+
+    def _angles(self, start: int, length: int, scale: float, device: torch.device, dtype: torch.dtype):
+        key = (start, length, scale, device, dtype, torch.is_inference_mode_enabled())
         if key not in self._cos_sin:
             base, pos_scale = self.base, 1.0
-            if scaled and self.scaling == "ntk":
-                base = self.base * self.factor ** (self.d_head / (self.d_head - 2))
-            elif scaled and self.scaling == "linear":
-                pos_scale = 1.0 / self.factor
+            if self.scaling.endswith("ntk"):
+                base = self.base * scale ** (self.d_head / (self.d_head - 2))
+            elif self.scaling.endswith("linear"):
+                pos_scale = 1.0 / scale
             half = self.d_head // 2
             # float64 on the CPU (MPS has no float64; long positions need the precision), then
             # one copy to the device in the compute dtype.
             inv_freq = base ** (-torch.arange(half, dtype=torch.float64) / half)
             pos = torch.arange(start, start + length, dtype=torch.float64) * pos_scale
             angles = pos.unsqueeze(1) * inv_freq.unsqueeze(0)  # (N, d/2)
-            if len(self._cos_sin) > 64:
+            if len(self._cos_sin) > 256:  # one entry per (length, factor) met
                 self._cos_sin.clear()
             self._cos_sin[key] = (angles.cos().to(device, dtype), angles.sin().to(device, dtype))
         return self._cos_sin[key]
 
-    def rotate(self, x: Tensor, start: int) -> Tensor:
-        cos, sin = self._angles(start, x.size(-2), x.device, x.dtype)  # (N, d/2)
+    def rotate(self, x: Tensor, start: int, total: int | Tensor) -> Tensor:
+        length = x.size(-2)
+        if isinstance(total, Tensor) and self.length_dependent:
+            # A factor per row: a short sentence padded to a long batch keeps its own (1).
+            rows = [self._angles(start, length, self._scale(n), x.device, x.dtype) for n in total.tolist()]
+            cos = torch.stack([c for c, _ in rows]).unsqueeze(1)  # (B, 1, N, d/2)
+            sin = torch.stack([s for _, s in rows]).unsqueeze(1)
+        else:
+            n = int(total.max()) if isinstance(total, Tensor) else total
+            cos, sin = self._angles(start, length, self._scale(n), x.device, x.dtype)  # (N, d/2)
         x1, x2 = x.chunk(2, dim=-1)
         return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
 
@@ -233,5 +265,7 @@ def build_attention_positions(enc: Any, heads: int, d_head: int) -> AttentionPos
         keys, values = relative_terms(enc)
         return RelativePositionBias(heads, d_head, enc.k, keys, values, enc.share_heads)
     if enc.name == "rotary":
-        return RotaryPositions(d_head, enc.rotary_base, enc.rotary_scaling, enc.rotary_factor)
+        return RotaryPositions(
+            d_head, enc.rotary_base, enc.rotary_scaling, enc.rotary_factor, enc.rotary_train_len
+        )
     return None

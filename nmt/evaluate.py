@@ -46,7 +46,7 @@ from nmt.translate import (
 
 ROLES = ("train", "valid", "test")
 # Overrides nmt-evaluate accepts besides data.*: evaluation-time options of the model.
-MODEL_OVERRIDES = ("encoding.rotary_scaling", "encoding.rotary_factor")
+MODEL_OVERRIDES = ("encoding.rotary_scaling", "encoding.rotary_factor", "encoding.rotary_train_len")
 
 
 def evaluate_split(

@@ -72,7 +72,7 @@ def _run_config(run_dir: Path, results: dict[str, Any] | None) -> dict[str, Any]
 ENCODING_OPTIONS = {
     "relative": ("k", "keys", "values", "share_heads"),
     "combined": ("k", "keys", "values", "share_heads"),
-    "rotary": ("rotary_base", "rotary_scaling", "rotary_factor"),
+    "rotary": ("rotary_base", "rotary_scaling", "rotary_factor", "rotary_train_len"),
     "learned": ("max_len",),
 }
 ALL_ENCODING_OPTIONS = {o for options in ENCODING_OPTIONS.values() for o in options}
@@ -228,7 +228,13 @@ def _fmt(mean: float | None, std: float | None, digits: int = 2) -> str:
 
 
 def _label(row_or_values: dict[str, Any], keys: list[str]) -> str:
-    return ", ".join(f"{k.split('.')[-1]}={row_or_values[k]}" for k in keys) or "all runs"
+    """A legend entry: names bare, options as key=value, options the row does not use left out."""
+    parts = []
+    for key in keys:
+        value, short = row_or_values.get(key), key.split(".")[-1]
+        if value is not None:
+            parts.append(str(value) if short == "name" else f"{short}={value}")
+    return ", ".join(parts) or "all runs"
 
 
 def markdown(rows: list[dict[str, Any]], keys: list[str], runs: list[Run]) -> str:
@@ -286,13 +292,16 @@ def write_csv(rows: list[dict[str, Any]], keys: list[str], path: Path) -> None:
             writer.writerow({**row, "seeds": " ".join(map(str, row["seeds"]))})
 
 
-def _save(fig: Any, ax: Any, path: Path, xlabel: str, ylabel: str) -> None:
+def _save(fig: Any, ax: Any, path: Path, xlabel: str, ylabel: str, outside: bool = False) -> None:
     import matplotlib.pyplot as plt
 
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7)
+    if outside:  # many lines: a legend inside would cover them
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    else:
+        ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -339,12 +348,15 @@ def plot_by_length(rows: list[dict[str, Any]], keys: list[str], path: Path) -> b
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for row in rows:
+    many = len(rows) > 4
+    fig, ax = plt.subplots(figsize=(8.5, 4) if many else (6, 4))
+    styles = ("-o", "--s", ":^", "-.D")  # the colour cycle has 10 colours; then the style changes
+    for i, row in enumerate(rows):
         points = [(b["bucket"], b["bleu"]) for b in row["by_length"] if b["bleu"] is not None]
         if points:
-            ax.plot([p[0] for p in points], [p[1] for p in points], "-o", label=_label(row, keys))
-    _save(fig, ax, path, "source length (subwords)", "test BLEU")
+            style = styles[(i // 10) % len(styles)]
+            ax.plot([p[0] for p in points], [p[1] for p in points], style, label=_label(row, keys))
+    _save(fig, ax, path, "source length (subwords)", "test BLEU", outside=many)
     return True
 
 

@@ -28,7 +28,7 @@ def make_cfg(encoding: str, **enc) -> OmegaConf:
     )
     encoding_cfg = dict(
         name=encoding, k=2, keys=True, values=True, share_heads=False, max_len=64,
-        rotary_base=10000.0, rotary_scaling="none", rotary_factor=1.0,
+        rotary_base=10000.0, rotary_scaling="none", rotary_factor=1.0, rotary_train_len=0,
     )
     encoding_cfg.update(enc)
     return OmegaConf.create({"model": model, "encoding": encoding_cfg})
@@ -215,13 +215,13 @@ def test_rotary_scaling_applies_at_evaluation_only() -> None:
     rot = RotaryPositions(d_head=8, base=10000.0, scaling="linear", factor=2.0)
     x = torch.randn(1, 1, 6, 8, dtype=torch.float64)
     rot.train()
-    trained = rot.rotate(x, 0)
+    trained = rot.rotate(x, 0, 6)
     rot.eval()
-    interpolated = rot.rotate(x, 0)
+    interpolated = rot.rotate(x, 0, 6)
     assert (trained - ref_rotate(x, list(range(6)), 10000.0)).abs().max() < TOL
     # Linear interpolation: position p behaves like p / factor (checked at even positions).
-    plain = RotaryPositions(d_head=8, base=10000.0).eval().rotate(x, 0)
-    assert (interpolated[..., 2, :] - RotaryPositions(8, 10000.0).eval().rotate(x[..., 2:3, :], 1)[..., 0, :]).abs().max() < TOL
+    plain = RotaryPositions(d_head=8, base=10000.0).eval().rotate(x, 0, 6)
+    assert (interpolated[..., 2, :] - RotaryPositions(8, 10000.0).eval().rotate(x[..., 2:3, :], 1, 2)[..., 0, :]).abs().max() < TOL
     assert (interpolated - plain).abs().max() > 1e-3
 
 
@@ -229,7 +229,22 @@ def test_ntk_scaling_raises_the_base() -> None:
     rot = RotaryPositions(d_head=8, base=10000.0, scaling="ntk", factor=4.0).eval()
     x = torch.randn(1, 1, 5, 8, dtype=torch.float64)
     want = ref_rotate(x, list(range(5)), 10000.0 * 4.0 ** (8 / 6))
-    assert (rot.rotate(x, 0) - want).abs().max() < TOL
+    assert (rot.rotate(x, 0, 5) - want).abs().max() < TOL
+
+
+def test_dynamic_scaling_leaves_training_lengths_alone_and_scales_by_length_past_them() -> None:
+    x = torch.randn(1, 1, 12, 8, dtype=torch.float64)
+    for method in ("linear", "ntk"):
+        dynamic = RotaryPositions(8, 10000.0, scaling=f"dynamic_{method}", train_len=4).eval()
+        plain = RotaryPositions(8, 10000.0).eval()
+        assert (dynamic.rotate(x[..., :4, :], 0, 4) - plain.rotate(x[..., :4, :], 0, 4)).abs().max() < TOL
+        # 12 positions, trained on 4: the fixed scaling with factor 12 / 4 = 3
+        fixed = RotaryPositions(8, 10000.0, scaling=method, factor=3.0).eval()
+        assert (dynamic.rotate(x, 0, 12) - fixed.rotate(x, 0, 12)).abs().max() < TOL
+        assert (dynamic.rotate(x, 0, 12) - plain.rotate(x, 0, 12)).abs().max() > 1e-3
+    want = ref_rotate(x, [p / 3 for p in range(12)], 10000.0)  # position interpolation by 3
+    got = RotaryPositions(8, 10000.0, scaling="dynamic_linear", train_len=4).eval().rotate(x, 0, 12)
+    assert (got - want).abs().max() < TOL
 
 
 def test_learned_positions_refuse_sequences_past_their_table() -> None:

@@ -76,6 +76,53 @@ def test_cached_decoding_equals_the_full_forward_pass(encoding: str) -> None:
     assert (torch.stack(steps_after, 1) - full_reordered[:, 4:]).abs().max().item() < 1e-5
 
 
+@pytest.mark.parametrize("scaling", ["dynamic_linear", "dynamic_ntk"])
+def test_cached_decoding_with_dynamic_rotary_scaling_equals_each_prefix_decoded_whole(scaling) -> None:
+    """The factor grows with the output, so step t must match the full pass over t + 1 tokens.
+
+    One decoder layer: the cache re-rotates its raw keys at every step, but a deeper layer's
+    cached keys come from hidden states made at earlier steps, with the factor of then
+    (exact only against re-decoding the whole prefix at every step).
+    """
+    torch.manual_seed(3)
+    dynamic = (f"encoding.rotary_scaling={scaling}", "encoding.rotary_train_len=2")
+    model = tiny("rotary", "model.norm=pre", "model.decoder_layers=1", *dynamic)
+    plain = tiny("rotary", "model.norm=pre", "model.decoder_layers=1")
+    plain.load_state_dict(model.state_dict())
+    src = torch.tensor([[5, 6, 7, 8, 9, 3], [10, 11, 12, 3, 0, 0]])
+    tgt = torch.randint(4, 40, (2, 7))
+    tgt[:, 0] = 2
+    with torch.no_grad():
+        memory, pad = model.encode(src)
+        cache = model.start_decoding(memory, pad)
+        steps = torch.stack([model.decode_step(tgt[:, t], cache) for t in range(7)], 1)
+        prefixes = torch.stack([model.decode(tgt[:, : t + 1], memory, pad)[:, t] for t in range(7)], 1)
+        unscaled = plain.decode(tgt, memory, pad)  # the same memory: only decoder rotations differ
+    assert (steps - prefixes).abs().max().item() < 1e-5
+    # past rotary_train_len the scaling really changes the outputs
+    assert (steps[:, 1] - unscaled[:, 1]).abs().max().item() < 1e-5  # 2 positions: no scaling
+    assert (steps[:, 6] - unscaled[:, 6]).abs().max().item() > 1e-3
+
+
+@pytest.mark.parametrize("scaling", ["dynamic_linear", "dynamic_ntk"])
+def test_dynamic_rotary_scaling_is_per_sentence_not_per_padded_batch(scaling) -> None:
+    """A short sentence batched with a long one is encoded as it is alone (no scaling)."""
+    torch.manual_seed(3)
+    model = tiny("rotary", f"encoding.rotary_scaling={scaling}", "encoding.rotary_train_len=4")
+    plain = tiny("rotary")
+    plain.load_state_dict(model.state_dict())
+    short, long = [5, 6, 3], [7, 8, 9, 10, 11, 12, 13, 14, 3]
+    batch = torch.tensor([short + [PAD] * 6, long])
+    with torch.no_grad():
+        together, _ = model.encode(batch)
+        alone, _ = plain.encode(torch.tensor([short]))
+        long_alone, _ = model.encode(torch.tensor([long]))
+        long_plain, _ = plain.encode(torch.tensor([long]))
+    assert (together[0, :3] - alone[0]).abs().max().item() < 1e-5
+    assert (together[1] - long_alone[0]).abs().max().item() < 1e-5
+    assert (long_alone - long_plain).abs().max().item() > 1e-3  # 9 > 4 positions: scaled
+
+
 @pytest.mark.parametrize("encoding", ENCODINGS)
 def test_gradients_reach_every_parameter(encoding: str) -> None:
     model = tiny(encoding).train()
@@ -122,6 +169,7 @@ def test_parameter_count_command() -> None:
         ("encoding.name=sinusoid", "encoding.name='sinusoid' is unknown"),
         ("encoding.k=-1", "encoding.k=-1"),
         ("model.heads=3", "not divisible by model.heads=3"),
+        ("encoding=rotary_dynamic_ntk", "set encoding.rotary_train_len"),
     ],
 )
 def test_validate_names_the_bad_value(override: str, message: str) -> None:

@@ -219,6 +219,23 @@ def test_evaluate_averages_several_checkpoints_on_the_checkpoints_own_test_set(
     assert len((tmp_path / "ev" / "hyp.txt").read_text(encoding="utf-8").splitlines()) == 10
 
 
+def test_a_rotary_checkpoint_older_than_dynamic_scaling_evaluates_with_it(tmp_path, capsys, toy) -> None:
+    """Checkpoints written before `encoding.rotary_train_len` existed load with its default."""
+    data, cfg = toy
+    rotary = compose([f"data.cache_dir={cfg.data.cache_dir}", "data.toy.train_size=2000",
+                      "data.toy.test_size=40", "encoding=rotary"])
+    path = make_checkpoint(tmp_path / "old.pt", rotary, data.vocab)
+    state = torch.load(path, weights_only=False)
+    del state["config"]["encoding"]["rotary_train_len"]
+    torch.save(state, path)
+    code = evaluate.main([str(path), "encoding.rotary_scaling=dynamic_ntk", "encoding.rotary_train_len=4",
+                          "--beam", "1", "--max-sentences", "5", *SHORT, "-o", str(tmp_path / "ev"), "--quiet"])
+    assert code == 0, capsys.readouterr().err
+    code = evaluate.main([str(path), "encoding.rotary_scaling=dynamic_ntk", "--beam", "1", "--quiet",
+                          "-o", str(tmp_path / "ev2")])
+    assert code == 2 and "set encoding.rotary_train_len" in capsys.readouterr().err
+
+
 def test_evaluate_rejects_a_bad_override(capsys, ckpt) -> None:
     assert evaluate.main([str(ckpt), "model.d_model=8"]) == 2
     assert "cannot override model.d_model=8" in capsys.readouterr().err
