@@ -97,7 +97,7 @@ class MultiHeadAttention(nn.Module):
             k, v = self._split(self.k_proj(query)), self._split(self.v_proj(query))
             pos, total = self.positions, q_start + q.size(2)
             if pos is not None and pos.length_dependent and cache is None and key_padding_mask is not None:
-                total = (~key_padding_mask).sum(-1)  # (B,) each sentence's own length
+                total = (~key_padding_mask).sum(-1).tolist()  # each sentence's own length
             if pos is not None:
                 q = pos.rotate(q, q_start, total)
             if pos is not None and cache is not None and pos.length_dependent:

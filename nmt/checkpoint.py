@@ -83,15 +83,21 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return state
 
 
+# Evaluation-time encoding options added after checkpoints were first written: an older
+# file lacks them and gets the default. Architecture keys are never filled in: a missing
+# one must fail, not silently become the default model.
+EVALUATION_OPTIONS_ADDED_LATER = ("rotary_train_len",)
+
+
 def checkpoint_config(state: dict[str, Any]) -> DictConfig:
-    """The checkpoint's config; model and encoding options newer than the file get defaults."""
-    from nmt.config import EncodingConfig, ModelConfig
+    """The checkpoint's config, with evaluation options newer than the file at their defaults."""
+    from nmt.config import EncodingConfig
 
     cfg = OmegaConf.create(state["config"])
-    for section, schema in (("model", ModelConfig), ("encoding", EncodingConfig)):
-        if section in cfg:
-            defaults = OmegaConf.to_container(OmegaConf.structured(schema))
-            cfg[section] = OmegaConf.merge(OmegaConf.create(defaults), cfg[section])
+    if "encoding" in cfg:
+        for key in EVALUATION_OPTIONS_ADDED_LATER:
+            if key not in cfg.encoding:
+                cfg.encoding[key] = getattr(EncodingConfig, key)
     return cfg
 
 

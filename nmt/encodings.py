@@ -92,9 +92,9 @@ class AttentionPositions(nn.Module):
         """Whether `rotate` depends on `total`: cached keys must then be rotated at every step."""
         return False
 
-    def rotate(self, x: Tensor, start: int, total: int | Tensor) -> Tensor:
+    def rotate(self, x: Tensor, start: int, total: int | list[int]) -> Tensor:
         """Applied to queries and keys. `total`: the sequence length so far (start + new), or
-        `(B,)` each row's own length (the encoder, whose rows are padded to the longest)."""
+        each row's own length (the encoder, whose rows are padded to the longest)."""
         return x
 
     def score_bias(self, q: Tensor, q_start: int, k_len: int) -> Tensor:
@@ -232,15 +232,15 @@ class RotaryPositions(AttentionPositions):
             self._cos_sin[key] = (angles.cos().to(device, dtype), angles.sin().to(device, dtype))
         return self._cos_sin[key]
 
-    def rotate(self, x: Tensor, start: int, total: int | Tensor) -> Tensor:
+    def rotate(self, x: Tensor, start: int, total: int | list[int]) -> Tensor:
         length = x.size(-2)
-        if isinstance(total, Tensor) and self.length_dependent:
+        if isinstance(total, list) and self.length_dependent:
             # A factor per row: a short sentence padded to a long batch keeps its own (1).
-            rows = [self._angles(start, length, self._scale(n), x.device, x.dtype) for n in total.tolist()]
+            rows = [self._angles(start, length, self._scale(n), x.device, x.dtype) for n in total]
             cos = torch.stack([c for c, _ in rows]).unsqueeze(1)  # (B, 1, N, d/2)
             sin = torch.stack([s for _, s in rows]).unsqueeze(1)
         else:
-            n = int(total.max()) if isinstance(total, Tensor) else total
+            n = max(total) if isinstance(total, list) else total
             cos, sin = self._angles(start, length, self._scale(n), x.device, x.dtype)  # (N, d/2)
         x1, x2 = x.chunk(2, dim=-1)
         return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
