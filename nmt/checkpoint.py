@@ -21,6 +21,8 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from nmt.config import EVALUATION_ENCODING_OPTIONS, EncodingConfig
+
 FORMAT_VERSION = 1
 NUMBERED = re.compile(r"checkpoint_(\d+)\.pt$")
 
@@ -83,19 +85,13 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return state
 
 
-# Evaluation-time encoding options added after checkpoints were first written: an older
-# file lacks them and gets the default. Architecture keys are never filled in: a missing
-# one must fail, not silently become the default model.
-EVALUATION_OPTIONS_ADDED_LATER = ("rotary_train_len",)
-
-
 def checkpoint_config(state: dict[str, Any]) -> DictConfig:
-    """The checkpoint's config, with evaluation options newer than the file at their defaults."""
-    from nmt.config import EncodingConfig
+    """The checkpoint's config, with evaluation options newer than the file at their defaults.
 
+    Architecture keys are never filled in: a missing one must fail, not become the default."""
     cfg = OmegaConf.create(state["config"])
     if "encoding" in cfg:
-        for key in EVALUATION_OPTIONS_ADDED_LATER:
+        for key in EVALUATION_ENCODING_OPTIONS:
             if key not in cfg.encoding:
                 cfg.encoding[key] = getattr(EncodingConfig, key)
     return cfg
@@ -113,8 +109,8 @@ def architecture_differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
                 continue  # a preset's label; the sizes themselves are compared
             # encoding.name is compared: absolute, rotary and none have the same parameters
             # but different functions, so their average would be meaningless.
-            if key in ("rotary_scaling", "rotary_factor", "rotary_train_len"):
-                continue  # evaluation-time options
+            if section == "encoding" and key in EVALUATION_ENCODING_OPTIONS:
+                continue
             if section == "model" and key == "init_std":
                 continue  # how the weights started, not what they are
             if section == "encoding" and key == "max_len" and "learned" not in (sa.get("name"), sb.get("name")):

@@ -16,6 +16,9 @@ from omegaconf import DictConfig, OmegaConf
 ENCODINGS = ("absolute", "learned", "relative", "combined", "rotary", "none")
 NORMS = ("post", "pre")
 ROTARY_SCALINGS = ("none", "linear", "ntk", "dynamic_linear", "dynamic_ntk")
+# Encoding options that change evaluation only, never the weights: a checkpoint may be
+# evaluated, averaged or resumed with other values, and an older one without them loads.
+EVALUATION_ENCODING_OPTIONS = ("rotary_scaling", "rotary_factor", "rotary_train_len")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 

@@ -234,14 +234,13 @@ class RotaryPositions(AttentionPositions):
 
     def rotate(self, x: Tensor, start: int, total: int | list[int]) -> Tensor:
         length = x.size(-2)
-        if isinstance(total, list) and self.length_dependent:
+        if isinstance(total, list):  # given only under dynamic scaling
             # A factor per row: a short sentence padded to a long batch keeps its own (1).
             rows = [self._angles(start, length, self._scale(n), x.device, x.dtype) for n in total]
             cos = torch.stack([c for c, _ in rows]).unsqueeze(1)  # (B, 1, N, d/2)
             sin = torch.stack([s for _, s in rows]).unsqueeze(1)
         else:
-            n = max(total) if isinstance(total, list) else total
-            cos, sin = self._angles(start, length, self._scale(n), x.device, x.dtype)  # (N, d/2)
+            cos, sin = self._angles(start, length, self._scale(total), x.device, x.dtype)  # (N, d/2)
         x1, x2 = x.chunk(2, dim=-1)
         return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
 

@@ -25,7 +25,7 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from nmt.config import DecodeConfig
+from nmt.config import EVALUATION_ENCODING_OPTIONS, DecodeConfig
 from nmt.device import resolve_device
 from nmt.metrics import (
     DEFAULT_LENGTH_EDGES,
@@ -46,7 +46,7 @@ from nmt.translate import (
 
 ROLES = ("train", "valid", "test")
 # Overrides nmt-evaluate accepts besides data.*: evaluation-time options of the model.
-MODEL_OVERRIDES = ("encoding.rotary_scaling", "encoding.rotary_factor", "encoding.rotary_train_len")
+MODEL_OVERRIDES = tuple(f"encoding.{key}" for key in EVALUATION_ENCODING_OPTIONS)
 
 
 def evaluate_split(
