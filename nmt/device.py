@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import os
+import sys
 
 import torch
 
@@ -43,6 +46,32 @@ def autocast(device: torch.device, precision: str):
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+# mallopt(3) parameters, from glibc's <malloc.h>
+M_TRIM_THRESHOLD = -1
+M_MMAP_THRESHOLD = -3
+MALLOC_ENV = ("GLIBC_TUNABLES", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
+
+
+def keep_freed_cpu_memory(mib: int) -> bool:
+    """Make glibc keep freed blocks up to `mib` MiB for reuse instead of returning them to the OS.
+
+    By default glibc serves blocks above its mmap threshold (128 KiB, rising to at most
+    32 MiB) with a fresh mmap and unmaps them on free, so every training step page-faults
+    its largest tensors in again. Both thresholds at `mib` keep that memory in the heap:
+    the resident size stays at the peak, the faults stop. Returns whether it was applied:
+    not for `mib` 0, off Linux/glibc, or when the environment already sets glibc's malloc
+    tunables (the user's choice wins).
+    """
+    if mib <= 0 or not sys.platform.startswith("linux") or any(k in os.environ for k in MALLOC_ENV):
+        return False
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):  # musl and other C libraries
+        return False
+    size = ctypes.c_int(mib * 2**20)
+    return bool(mallopt(M_TRIM_THRESHOLD, size)) and bool(mallopt(M_MMAP_THRESHOLD, size))
 
 
 def synchronize(device: torch.device) -> None:

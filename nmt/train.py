@@ -37,7 +37,7 @@ from nmt.checkpoint import (
 from nmt.config import register_configs, relative_terms, to_container, validate
 from nmt.data import PAD, prepare_data
 from nmt.data.batching import collate, split_batches
-from nmt.device import autocast, resolve_device, resolve_precision
+from nmt.device import autocast, keep_freed_cpu_memory, resolve_device, resolve_precision
 from nmt.evaluate import evaluate_split
 from nmt.model import Transformer, build_model, parameter_counts
 
@@ -78,6 +78,8 @@ def init_runtime(cfg: DictConfig) -> Runtime:
         dist.init_process_group(backend=backend, timeout=timedelta(minutes=cfg.train.dist_timeout_minutes))
     if cfg.train.threads > 0:
         torch.set_num_threads(cfg.train.threads)
+    if device.type == "cpu" and keep_freed_cpu_memory(cfg.train.malloc_keep_mib):
+        log.info("glibc keeps freed blocks up to %d MiB for reuse (train.malloc_keep_mib)", cfg.train.malloc_keep_mib)
     return Runtime(device, resolve_precision(cfg.train.precision, device), rank, world_size)
 
 

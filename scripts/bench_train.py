@@ -35,7 +35,13 @@ import torch
 from nmt.config import compose
 from nmt.data import EncodedSplit, prepare_data, train_vocabulary
 from nmt.data.batching import collate, split_batches
-from nmt.device import autocast, describe_hardware, resolve_device, synchronize
+from nmt.device import (
+    autocast,
+    describe_hardware,
+    keep_freed_cpu_memory,
+    resolve_device,
+    synchronize,
+)
 from nmt.model import build_model, parameter_counts
 from nmt.train import label_smoothed_loss
 
@@ -112,6 +118,8 @@ def main() -> None:
     if unknown:
         sys.exit(f"bench_train: unknown encoding {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
     device = resolve_device(args.device)
+    # As nmt-train does (train.malloc_keep_mib); pass train.malloc_keep_mib=0 for glibc's defaults.
+    keeps_freed = device.type == "cpu" and keep_freed_cpu_memory(compose(args.overrides).train.malloc_keep_mib)
     dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
     peak = matmul_peak_flops(device, dtype)
     rows, raw = [], {}
@@ -174,7 +182,8 @@ def main() -> None:
         f"{describe_hardware(device)}, torch {torch.__version__}, {args.precision}; "
         f"{args.precision} matmul peak {peak / 1e9:,.0f} GFLOP/s; overrides: "
         f"{' '.join(args.overrides) or '(defaults)'}; {args.batches} batches of <= {args.max_tokens} "
-        f"padded tokens per round, {args.warmup} warm-up + {args.rounds} timed rounds.",
+        f"padded tokens per round, {args.warmup} warm-up + {args.rounds} timed rounds"
+        f"{'; glibc keeps freed blocks' if keeps_freed else ''}.",
         "",
         "| corpus | encoding | target tokens/s | ratio to absolute (min-max) | ratio to relative | MFU |",
         "|---|---|---:|---:|---:|---:|",
@@ -194,7 +203,7 @@ def main() -> None:
     (args.out_dir / "bench_train.md").write_text(table + "\n")
     meta = {"hardware": describe_hardware(device), "torch": torch.__version__, "precision": args.precision,
             "overrides": args.overrides, "batches": args.batches, "max_tokens": args.max_tokens,
-            "warmup": args.warmup, "rounds": args.rounds}
+            "warmup": args.warmup, "rounds": args.rounds, "malloc_keeps_freed": keeps_freed}
     (args.out_dir / "bench_train.json").write_text(
         json.dumps({"meta": meta, "rows": rows, "raw": raw, "peak_flops": peak}, indent=1))
 
