@@ -22,6 +22,15 @@ EVALUATION_ENCODING_OPTIONS = ("rotary_scaling", "rotary_factor", "rotary_train_
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 MALLOC_KEEP_MAX_MIB = (2**31 - 1) // 2**20  # mallopt(3) takes the threshold as a C int of bytes
+# Keys that change where a run's files are or how it executes, never its numbers: a
+# finished run relaunched with other values is still finished, and nmt-report never makes
+# them a row. (data.hub_name is here because it can be a machine's path; conf/config.yaml
+# leaves the same keys out of sweep job names.)
+RUNTIME_KEYS = (
+    "data.cache_dir", "data.root", "data.hub_name",
+    "train.device", "train.threads", "train.malloc_keep_mib", "train.tensorboard", "train.resume",
+    "train.log_every", "train.dist_timeout_minutes",
+)
 
 
 class ConfigError(ValueError):
@@ -340,6 +349,18 @@ def compose(overrides: list[str] | None = None, config_name: str = "config") -> 
     with initialize_config_module(config_module="nmt.conf", version_base="1.3"):
         cfg = hydra_compose(config_name=config_name, overrides=list(overrides or []))
     return cfg
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested config dict as dotted keys ("encoding.k" -> 16); lists become tuples."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, name + "."))
+        else:
+            flat[name] = tuple(value) if isinstance(value, list) else value
+    return flat
 
 
 def to_container(cfg: Any) -> dict:

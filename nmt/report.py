@@ -24,8 +24,10 @@ from typing import Any
 
 import yaml
 
-# Config keys that never define a row: where files live, how the run was executed.
-IGNORED_PREFIXES = ("data.cache_dir", "data.root", "hydra.", "train.device", "train.threads", "seed")
+from nmt.config import RUNTIME_KEYS, flatten
+
+# Config keys that never define a row: where files live, how the run was executed, the seed.
+IGNORED_PREFIXES = (*RUNTIME_KEYS, "hydra.", "seed")
 MEASURES = (
     ("valid_bleu", "valid BLEU"),
     ("test_bleu", "test BLEU"),
@@ -41,17 +43,6 @@ class Run:
     results: dict[str, Any] | None = None
     detail: str = ""
     values: dict[str, Any] = field(default_factory=dict)  # the swept keys' values
-
-
-def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(flatten(value, name + "."))
-        else:
-            flat[name] = tuple(value) if isinstance(value, list) else value
-    return flat
 
 
 def _run_config(run_dir: Path, results: dict[str, Any] | None) -> dict[str, Any]:

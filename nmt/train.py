@@ -34,7 +34,14 @@ from nmt.checkpoint import (
     remove_partial_writes,
     save_checkpoint,
 )
-from nmt.config import register_configs, relative_terms, to_container, validate
+from nmt.config import (
+    RUNTIME_KEYS,
+    flatten,
+    register_configs,
+    relative_terms,
+    to_container,
+    validate,
+)
 from nmt.data import PAD, prepare_data
 from nmt.data.batching import collate, split_batches
 from nmt.device import autocast, keep_freed_cpu_memory, resolve_device, resolve_precision
@@ -578,6 +585,7 @@ class Trainer:
             "hypotheses": {split: f"{split}.hyp.txt" for split in final},
             "resumed_from": self.resumed_from,
             "status": "finished",
+            "settings": run_settings(cfg),
         }
         tmp = self.run_dir / ".results.json.tmp"
         tmp.write_text(json.dumps(results, indent=2))
@@ -642,12 +650,47 @@ def check_writable(run_dir: Path) -> None:
         ) from err
 
 
+def run_settings(cfg: DictConfig) -> dict[str, Any]:
+    """Every config value that can change a run's results, as dotted keys (JSON types)."""
+    flat = flatten(to_container(cfg))
+    kept = {k: v for k, v in flat.items() if not k.startswith(RUNTIME_KEYS)}
+    return json.loads(json.dumps(kept))  # tuples as lists, as read back from results.json
+
+
+def finished_results(cfg: DictConfig, run_dir: Path) -> dict[str, Any] | None:
+    """The run's results.json if it finished with exactly these settings, else None.
+
+    Relaunching a sweep resumes its unfinished jobs; the finished ones would otherwise
+    reload their last checkpoint and decode the validation and test sets again.
+    """
+    path = run_dir / "results.json"
+    if not (cfg.train.resume and path.is_file()):
+        return None
+    try:
+        results = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if results.get("status") != "finished" or results.get("settings") != run_settings(cfg):
+        return None
+    return results
+
+
 def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     """Train (or resume) a run in `run_dir` and return its results.
 
-    A run that raises leaves `failed.json` (the error) so `nmt-report` lists it as failed.
+    A run that already finished with the same settings is not touched: its results are
+    returned as they are. A run that raises leaves `failed.json` (the error) so
+    `nmt-report` lists it as failed.
     """
     run_dir = Path(run_dir)
+    done = finished_results(cfg, run_dir)
+    if done is not None:
+        log.info(
+            "%s already finished with these settings (test BLEU %.2f): nothing to do. To train it "
+            "again, use another run directory or train.resume=false",
+            run_dir, done["test"]["bleu"],
+        )
+        return done
     try:
         results = Trainer(cfg, run_dir).run()
     except Exception as err:

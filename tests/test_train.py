@@ -78,6 +78,33 @@ def test_results_file_has_what_a_report_needs(quick_cfg, tmp_path) -> None:
     assert (tmp_path / "run" / on_disk["hypotheses"]["test"]).read_text(encoding="utf-8").count("\n") == 8
 
 
+def test_relaunching_a_finished_run_does_no_work_unless_a_setting_changed(
+    quick_cfg, tmp_path, monkeypatch
+) -> None:
+    run = tmp_path / "run"
+    first = train(quick_cfg("train.max_steps=2"), run)
+    real_trainer, built = train_module.Trainer, []
+
+    def counting_trainer(*args, **kwargs):
+        built.append(args)
+        return real_trainer(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "Trainer", counting_trainer)
+    stamp = (run / "results.json").stat().st_mtime_ns, (run / "test.hyp.txt").stat().st_mtime_ns
+    # Where and how it runs is not a setting: the finished results come back untouched.
+    again = train(quick_cfg("train.max_steps=2", "train.log_every=5", f"data.cache_dir={tmp_path / 'c2'}"), run)
+    assert again == first and not built
+    assert stamp == ((run / "results.json").stat().st_mtime_ns, (run / "test.hyp.txt").stat().st_mtime_ns)
+    # Another beam re-decodes from the last checkpoint; a larger budget trains on.
+    redecoded = train(quick_cfg("train.max_steps=2", "decode.beam=2"), run)
+    assert len(built) == 1 and redecoded["decode"]["beam"] == 2 and redecoded["steps"] == 2
+    longer = train(quick_cfg("train.max_steps=3", "decode.beam=2"), run)
+    assert len(built) == 2 and longer["steps"] == 3
+    # train.resume=false always trains from scratch.
+    train(quick_cfg("train.max_steps=3", "decode.beam=2", "train.resume=false"), run)
+    assert len(built) == 3
+
+
 def test_an_epoch_budget_trains_every_batch_once_and_saves_the_end(quick_cfg, tmp_path) -> None:
     """max_steps=0 is no step budget; the epoch ending between log and save steps still
     gets its final log line, validation and checkpoint."""
