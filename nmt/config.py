@@ -22,15 +22,17 @@ EVALUATION_ENCODING_OPTIONS = ("rotary_scaling", "rotary_factor", "rotary_train_
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 MALLOC_KEEP_MAX_MIB = (2**31 - 1) // 2**20  # mallopt(3) takes the threshold as a C int of bytes
-# Keys that change where a run's files are or how it executes, never its numbers: a
-# finished run relaunched with other values is still finished, and nmt-report never makes
-# them a row. (data.hub_name is here because it can be a machine's path; conf/config.yaml
-# leaves the same keys out of sweep job names.)
+# Keys of how a run executes, not of what it computes: a finished run relaunched with other
+# values is still finished (nmt.train.finished_results), nmt-report never makes them a row,
+# and conf/config.yaml leaves them out of sweep job names (a test keeps the lists equal).
+# train.device, with train.precision=auto, also picks the precision; results.json records it.
 RUNTIME_KEYS = (
-    "data.cache_dir", "data.root", "data.hub_name",
     "train.device", "train.threads", "train.malloc_keep_mib", "train.tensorboard", "train.resume",
     "train.log_every", "train.dist_timeout_minutes",
 )
+# Keys holding a machine's paths: never written to results.json. The data cache holds what
+# the other data keys determine; data.root and data.hub_name pick the corpus.
+PATH_KEYS = ("data.cache_dir", "data.root", "data.hub_name")
 
 
 class ConfigError(ValueError):

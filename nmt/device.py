@@ -9,7 +9,7 @@ import sys
 
 import torch
 
-from nmt.config import DEVICES, ConfigError
+from nmt.config import DEVICES, MALLOC_KEEP_MAX_MIB, ConfigError
 
 
 def resolve_device(name: str, index: int = 0) -> torch.device:
@@ -51,27 +51,44 @@ def autocast(device: torch.device, precision: str):
 # mallopt(3) parameters, from glibc's <malloc.h>
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
-MALLOC_ENV = ("GLIBC_TUNABLES", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
+# glibc before ~2.35 refuses an mmap threshold above this (64-bit HEAP_MAX_SIZE / 2)
+OLD_GLIBC_MMAP_MAX_MIB = 32
+# Environment settings of the same two thresholds: the user's choice wins.
+MALLOC_ENV = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
+MALLOC_TUNABLES = ("glibc.malloc.mmap_threshold", "glibc.malloc.trim_threshold")
 
 
-def keep_freed_cpu_memory(mib: int) -> bool:
+def keep_freed_cpu_memory(mib: int) -> int:
     """Make glibc keep freed blocks up to `mib` MiB for reuse instead of returning them to the OS.
 
     By default glibc serves blocks above its mmap threshold (128 KiB, rising to at most
     32 MiB) with a fresh mmap and unmaps them on free, so every training step page-faults
     its largest tensors in again. Both thresholds at `mib` keep that memory in the heap:
-    the resident size stays at the peak, the faults stop. Returns whether it was applied:
-    not for `mib` 0, off Linux/glibc, or when the environment already sets glibc's malloc
-    tunables (the user's choice wins).
+    the resident size stays at the peak, the faults stop. Returns the MiB applied: fewer
+    on an older glibc that caps the threshold, 0 for `mib` 0, off Linux/glibc, or when
+    the environment already sets either threshold.
     """
-    if mib <= 0 or not sys.platform.startswith("linux") or any(k in os.environ for k in MALLOC_ENV):
-        return False
+    if not 0 <= mib <= MALLOC_KEEP_MAX_MIB:
+        raise ValueError(f"malloc_keep_mib={mib} must be between 0 and {MALLOC_KEEP_MAX_MIB}")
+    tunables = os.environ.get("GLIBC_TUNABLES", "")
+    if (
+        mib == 0
+        or not sys.platform.startswith("linux")
+        or any(k in os.environ for k in MALLOC_ENV)
+        or any(t in tunables for t in MALLOC_TUNABLES)
+    ):
+        return 0
     try:
         mallopt = ctypes.CDLL("libc.so.6").mallopt
     except (OSError, AttributeError):  # musl and other C libraries
-        return False
-    size = ctypes.c_int(mib * 2**20)
-    return bool(mallopt(M_TRIM_THRESHOLD, size)) and bool(mallopt(M_MMAP_THRESHOLD, size))
+        return 0
+    # The mmap threshold first: setting the trim threshold alone would also freeze glibc's
+    # dynamic mmap threshold at 128 KiB, more faults than the default.
+    for size in dict.fromkeys((mib, min(mib, OLD_GLIBC_MMAP_MAX_MIB))):
+        if mallopt(M_MMAP_THRESHOLD, ctypes.c_int(size * 2**20)):
+            mallopt(M_TRIM_THRESHOLD, ctypes.c_int(size * 2**20))
+            return size
+    return 0
 
 
 def synchronize(device: torch.device) -> None:

@@ -26,8 +26,10 @@ import yaml
 
 from nmt.config import RUNTIME_KEYS, flatten
 
-# Config keys that never define a row: where files live, how the run was executed, the seed.
-IGNORED_PREFIXES = (*RUNTIME_KEYS, "hydra.", "seed")
+# Config keys that never define a row: how the run was executed, where the cache and the
+# local corpus live (the same corpus on two machines is one row; data.hub_name, the name of
+# a dataset, is not ignored), the seed.
+IGNORED_KEYS = (*RUNTIME_KEYS, "data.cache_dir", "data.root", "seed")
 MEASURES = (
     ("valid_bleu", "valid BLEU"),
     ("test_bleu", "test BLEU"),
@@ -121,7 +123,7 @@ def swept_keys(runs: list[Run]) -> list[str]:
         keys.update(run.config)
     swept = []
     for key in sorted(keys):
-        if key.startswith(IGNORED_PREFIXES):
+        if key in IGNORED_KEYS or key.startswith("hydra."):
             continue
         # A key only some runs have (added to the schema since) is swept only if the runs
         # that have it disagree.

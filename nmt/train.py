@@ -7,6 +7,7 @@ A Hydra app: `nmt-train model=small encoding=relative encoding.k=4 data=multi30k
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import math
@@ -35,6 +36,7 @@ from nmt.checkpoint import (
     save_checkpoint,
 )
 from nmt.config import (
+    PATH_KEYS,
     RUNTIME_KEYS,
     flatten,
     register_configs,
@@ -85,8 +87,12 @@ def init_runtime(cfg: DictConfig) -> Runtime:
         dist.init_process_group(backend=backend, timeout=timedelta(minutes=cfg.train.dist_timeout_minutes))
     if cfg.train.threads > 0:
         torch.set_num_threads(cfg.train.threads)
-    if device.type == "cpu" and keep_freed_cpu_memory(cfg.train.malloc_keep_mib):
-        log.info("glibc keeps freed blocks up to %d MiB for reuse (train.malloc_keep_mib)", cfg.train.malloc_keep_mib)
+    if device.type == "cpu" and (kept := keep_freed_cpu_memory(cfg.train.malloc_keep_mib)):
+        log.info("glibc keeps freed blocks up to %d MiB for reuse (train.malloc_keep_mib)", kept)
+        if kept < cfg.train.malloc_keep_mib:
+            log.warning(
+                "this glibc caps train.malloc_keep_mib at %d MiB: larger tensors are still unmapped on free", kept
+            )
     return Runtime(device, resolve_precision(cfg.train.precision, device), rank, world_size)
 
 
@@ -213,6 +219,10 @@ class Trainer:
         self.resumed_from: str | None = None
         self._shares: dict[int, list[list[list[int]]]] = {}  # epoch -> every rank's batches
         self._maybe_resume()
+        if self.rt.is_main and (self.run_dir / "results.json").exists():
+            # Results of another budget, beam or attempt: kept aside, so a run cut from here
+            # on is listed as unfinished, never as finished with the old numbers.
+            os.replace(self.run_dir / "results.json", self.run_dir / "results.previous.json")
         if not self.resumed_from:  # dropout streams differ per rank; a resume restores them
             torch.manual_seed(cfg.seed + self.rt.rank)
         self.ddp_model: torch.nn.Module = self.model
@@ -651,10 +661,19 @@ def check_writable(run_dir: Path) -> None:
 
 
 def run_settings(cfg: DictConfig) -> dict[str, Any]:
-    """Every config value that can change a run's results, as dotted keys (JSON types)."""
-    flat = flatten(to_container(cfg))
-    kept = {k: v for k, v in flat.items() if not k.startswith(RUNTIME_KEYS)}
-    return json.loads(json.dumps(kept))  # tuples as lists, as read back from results.json
+    """Every config value that can change a run's results, as dotted keys (JSON types).
+
+    The corpus paths enter as digests: results.json names no machine's paths, and data
+    moved to another directory only costs a decode again, never a wrong skip.
+    """
+    settings = {}
+    for key, value in flatten(to_container(cfg)).items():
+        if key in RUNTIME_KEYS or key == "data.cache_dir":
+            continue
+        if key in PATH_KEYS:
+            value = "sha256:" + hashlib.sha256(str(value).encode()).hexdigest()[:16]
+        settings[key] = value
+    return json.loads(json.dumps(settings))  # tuples as lists, as read back from results.json
 
 
 def finished_results(cfg: DictConfig, run_dir: Path) -> dict[str, Any] | None:
@@ -683,15 +702,15 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     `nmt-report` lists it as failed.
     """
     run_dir = Path(run_dir)
-    done = finished_results(cfg, run_dir)
-    if done is not None:
-        log.info(
-            "%s already finished with these settings (test BLEU %.2f): nothing to do. To train it "
-            "again, use another run directory or train.resume=false",
-            run_dir, done["test"]["bleu"],
-        )
-        return done
     try:
+        done = finished_results(cfg, run_dir)
+        if done is not None:
+            log.info(
+                "%s already finished with these settings (test BLEU %.2f): nothing to do. To train "
+                "it again, use another run directory or train.resume=false",
+                run_dir, done["test"]["bleu"],
+            )
+            return done
         results = Trainer(cfg, run_dir).run()
     except Exception as err:
         if run_dir.is_dir() and int(os.environ.get("RANK", "0")) == 0:

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from nmt.config import compose
+from nmt.config import compose, validate
 from nmt.data import EncodedSplit, prepare_data, train_vocabulary
 from nmt.data.batching import collate, split_batches
 from nmt.device import (
@@ -119,7 +119,9 @@ def main() -> None:
         sys.exit(f"bench_train: unknown encoding {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
     device = resolve_device(args.device)
     # As nmt-train does (train.malloc_keep_mib); pass train.malloc_keep_mib=0 for glibc's defaults.
-    keeps_freed = device.type == "cpu" and keep_freed_cpu_memory(compose(args.overrides).train.malloc_keep_mib)
+    base = compose(args.overrides)
+    validate(base)
+    keeps_freed = device.type == "cpu" and keep_freed_cpu_memory(base.train.malloc_keep_mib) > 0
     dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
     peak = matmul_peak_flops(device, dtype)
     rows, raw = [], {}

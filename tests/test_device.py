@@ -38,7 +38,7 @@ print(json.dumps({"default": default, "applied": applied, "after": faults()}))
 
 
 def run_faults(mib: int) -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in MALLOC_ENV}
+    env = {k: v for k, v in os.environ.items() if k not in (*MALLOC_ENV, "GLIBC_TUNABLES")}
     out = subprocess.run([sys.executable, "-c", FAULTS_SCRIPT, str(mib)], env=env, check=True,
                          capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
@@ -48,7 +48,9 @@ def run_faults(mib: int) -> dict:
 @glibc_only
 def test_kept_memory_stops_the_page_faults_of_large_tensors():
     r = run_faults(2047)
-    assert r["applied"]
+    if 0 < r["applied"] < 64:
+        pytest.skip(f"this glibc caps the mmap threshold at {r['applied']} MiB, below the 64 MiB tensor")
+    assert r["applied"] == 2047
     # glibc's default unmaps each 64 MiB block on free: 4 rounds x 16,384 pages (fewer with
     # transparent huge pages), against ~none once the block stays in the heap.
     assert r["default"] > 0
@@ -63,9 +65,19 @@ def test_zero_keeps_glibc_defaults():
     assert r["after"] * 4 > r["default"], r
 
 
-def test_environment_tunables_win(monkeypatch):
-    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.mmap_threshold=1048576")
-    assert not keep_freed_cpu_memory(2047)
+@pytest.mark.parametrize("name, value", [
+    ("GLIBC_TUNABLES", "glibc.pthread.rseq=0:glibc.malloc.trim_threshold=1048576"),
+    ("MALLOC_MMAP_THRESHOLD_", "1048576"),
+])
+def test_environment_thresholds_win(monkeypatch, name, value):
+    monkeypatch.setenv(name, value)
+    assert keep_freed_cpu_memory(2047) == 0
+
+
+def test_out_of_range_is_refused_not_wrapped():
+    # ctypes.c_int would wrap 4096 MiB to 0 bytes: every allocation mmapped, trimmed on free.
+    with pytest.raises(ValueError, match="malloc_keep_mib=4096"):
+        keep_freed_cpu_memory(4096)
 
 
 def test_malloc_keep_mib_out_of_range_is_named():

@@ -8,13 +8,23 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_module
 
-from nmt.config import register_configs
+from nmt.config import PATH_KEYS, RUNTIME_KEYS, register_configs
 
 TINY_TOY_RUN = [
     "data.toy.train_size=2000", "data.toy.valid_size=20", "data.toy.test_size=20",
     "train.max_steps=30", "train.eval_every=30", "train.warmup_steps=10",
     "train.threads=1", "train.tensorboard=false", "decode.max_len_b=10",
 ]
+
+
+def test_sweep_job_names_leave_out_exactly_the_runtime_and_path_keys() -> None:
+    # A key that changes results must name the job (or two jobs share a directory and the
+    # second is skipped as finished); a runtime key must not (or a relaunch retrains).
+    register_configs()
+    with initialize_config_module(config_module="nmt.conf", version_base="1.3"):
+        cfg = compose(config_name="config", return_hydra_config=True)
+    excluded = set(cfg.hydra.job.config.override_dirname.exclude_keys)
+    assert excluded == {"experiment", *RUNTIME_KEYS, *PATH_KEYS}
 
 
 def test_slurm_preset_is_the_submitit_slurm_launcher_with_one_gpu_per_job() -> None:

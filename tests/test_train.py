@@ -16,7 +16,7 @@ import torch
 import nmt.train as train_module
 from nmt.checkpoint import CheckpointError, load_checkpoint
 from nmt.config import compose
-from nmt.train import TrainingError, train
+from nmt.train import TrainingError, finished_results, train
 
 # A small, quick run: tiny model on a reduced toy task, no decoding of long outputs.
 QUICK = [
@@ -103,6 +103,16 @@ def test_relaunching_a_finished_run_does_no_work_unless_a_setting_changed(
     # train.resume=false always trains from scratch.
     train(quick_cfg("train.max_steps=3", "decode.beam=2", "train.resume=false"), run)
     assert len(built) == 3
+    # A restart that is cut short sets the old results aside: the next launch trains.
+    monkeypatch.setattr(real_trainer, "run", lambda self: (_ for _ in ()).throw(KeyboardInterrupt()))
+    with pytest.raises(KeyboardInterrupt):
+        train(quick_cfg("train.max_steps=3", "decode.beam=2", "train.resume=false"), run)
+    assert not (run / "results.json").exists() and (run / "results.previous.json").exists()
+    assert finished_results(quick_cfg("train.max_steps=3", "decode.beam=2"), run) is None
+    # The corpus paths are in the settings as digests, never as paths.
+    settings = json.loads((run / "results.previous.json").read_text())["settings"]
+    assert "data.cache_dir" not in settings and str(settings["data.root"]).startswith("sha256:")
+    assert str(tmp_path) not in json.dumps(settings)
 
 
 def test_an_epoch_budget_trains_every_batch_once_and_saves_the_end(quick_cfg, tmp_path) -> None:
