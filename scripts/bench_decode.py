@@ -168,18 +168,15 @@ def main(argv: list[str] | None = None) -> int:
     else:
         vocab = train_vocab([line for lines in texts.values() for line in lines], args.vocab_size)
 
-        def make(encoding: str):
+        def make(cfg):
             def build():
                 torch.manual_seed(args.seed)
-                cfg = compose([*args.overrides, f"encoding={encoding}"])
                 return build_model(cfg, vocab.size)
 
             return build
 
-        models = [
-            (e, make(e), modes_must_agree(compose([*args.overrides, f"encoding={e}"])))
-            for e in args.encodings.split(",")
-        ]
+        configs = {e: compose([*args.overrides, f"encoding={e}"]) for e in args.encodings.split(",")}
+        models = [(e, make(cfg), modes_must_agree(cfg)) for e, cfg in configs.items()]
     rows, meta = [], []
     for source, lines in texts.items():
         corpus_rows, corpus_meta = bench_corpus(source.name.removesuffix(".gz"), lines, vocab, models, args, device)
