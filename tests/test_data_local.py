@@ -138,6 +138,50 @@ def test_crlf_and_unicode_line_separators_keep_alignment(tmp_path):
     assert data.splits["valid"].src_text[3] == en[3] and data.splits["valid"].src_text[4] == en[4]
 
 
+def entry_files(data) -> dict[str, bytes]:
+    return {f.name: f.read_bytes() for f in sorted(data.path.iterdir()) if f.name != "meta.json"}
+
+
+def test_cache_files_do_not_depend_on_the_chunk_size(corpus, tmp_path, monkeypatch):
+    """The training split is streamed in chunks: the SentencePiece sample, the filter counts
+    and every id and text file must come out as if it had been read whole."""
+    # 2 x 60 sentences: SentencePiece trains on a sample of 60 of the 300 pairs.
+    cfg = dict(max_len=9, spm_max_sentences=120)
+    whole = prepare_data(config(corpus, tmp_path / "whole", **cfg))
+    monkeypatch.setattr(prepare_mod, "PREPARE_CHUNK_PAIRS", 7)  # 300 = 42 x 7 + 6
+    chunked = prepare_data(config(corpus, tmp_path / "chunked", **cfg))
+    assert 0 < len(chunked.splits["train"]) < 300  # the length filter dropped some, not all
+    assert entry_files(chunked) == entry_files(whole)
+    assert chunked.meta["splits"] == whole.meta["splits"]
+
+
+@pytest.mark.slow
+def test_training_text_is_never_held_whole(tmp_path, monkeypatch):
+    """Preparing a corpus allocates a bounded amount of Python memory per chunk, not per corpus."""
+    import tracemalloc
+
+    root = tmp_path / "big"
+    root.mkdir()
+    n = 40_000  # ~2.5 MB of text a side
+    write(root / "train.en.gz", sentences(EN, n, 0))
+    write(root / "train.de.gz", sentences(DE, n, 1))
+    for split in ("valid", "test"):
+        write(root / f"{split}.en", sentences(EN, 10, 2))
+        write(root / f"{split}.de", sentences(DE, 10, 3))
+    text_bytes = sum(len(line) + 1 for line in sentences(EN, n, 0) + sentences(DE, n, 1))
+    monkeypatch.setattr(prepare_mod, "PREPARE_CHUNK_PAIRS", 1_000)
+    tracemalloc.start()
+    try:
+        data = prepare_data(config(root, tmp_path / "cache", spm_max_sentences=2_000))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert data.meta["splits"]["train"]["filter"]["read"] == n
+    # Reading the split whole peaked at 20x its text (its strings, then its ids as Python
+    # ints); in chunks of 1,000 pairs the peak is ~1.1x, most of it independent of n.
+    assert peak < 2 * text_bytes, f"peak {peak:,} B for {text_bytes:,} B of text"
+
+
 def test_damaged_cache_entry_is_rebuilt(corpus, tmp_path):
     cfg = config(corpus, tmp_path / "cache")
     first = prepare_data(cfg)
@@ -184,6 +228,16 @@ def test_different_line_counts_name_both_files_and_counts(corpus, tmp_path):
         prepare_data(config(corpus, tmp_path / "cache"))
     msg = str(err.value)
     assert f"{corpus / 'valid.en'} has 20 lines but {corpus / 'valid.de'} has 19" in msg
+    assert_no_entry(tmp_path / "cache")
+
+
+def test_training_files_of_different_lengths_count_whole_files(corpus, tmp_path, monkeypatch):
+    """Read in chunks, the message still gives each file's full line count."""
+    monkeypatch.setattr(prepare_mod, "PREPARE_CHUNK_PAIRS", 7)
+    write(corpus / "train.de.gz", sentences(DE, 300, 1)[:-12])
+    with pytest.raises(DataError) as err:
+        prepare_data(config(corpus, tmp_path / "cache"))
+    assert f"{corpus / 'train.en.gz'} has 300 lines but {corpus / 'train.de.gz'} has 288" in str(err.value)
     assert_no_entry(tmp_path / "cache")
 
 
