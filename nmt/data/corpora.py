@@ -270,6 +270,8 @@ def iter_lines(path: Path) -> Iterator[str]:
                     ) from None
                 if number == 1:
                     line = line.removeprefix("\ufeff")
+                    if not line:  # a file holding only a byte-order mark has no lines
+                        return
                 yield line.strip()
     except (OSError, EOFError, zlib.error) as exc:
         raise DataError(f"{path}: cannot read ({exc})") from None
@@ -326,6 +328,7 @@ class HubCorpus(Corpus):
     def __init__(self, name: str, subset: str | None, src: str, tgt: str, splits: Mapping[str, str]):
         self.name, self.subset, self.src, self.tgt = name, subset, src, tgt
         self.dataset = load_hub_dataset(name, subset)
+        self._tables: dict[str, Any] = {}
         where = f"{name}" + (f" ({subset})" if subset else "")
         for role, split in splits.items():
             if split not in self.dataset:
@@ -356,10 +359,12 @@ class HubCorpus(Corpus):
             yield self._pairs(table.slice(start, size))
 
     def _table(self, split: str) -> Any:
-        ds = self.dataset[split]
-        if ds._indices is not None:  # a select()/shuffle() view: make the rows contiguous
-            ds = ds.flatten_indices()
-        return ds.data
+        if split not in self._tables:  # preparing reads the training split up to three times
+            ds = self.dataset[split]
+            if ds._indices is not None:  # a select()/shuffle() view: make the rows contiguous
+                ds = ds.flatten_indices()
+            self._tables[split] = ds.data
+        return self._tables[split]
 
     def _pairs(self, table: Any) -> ParallelText:
         import pyarrow.compute as pc

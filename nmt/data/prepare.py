@@ -197,26 +197,26 @@ def _write_split(
     """Encode a split chunk by chunk into its cache files, keeping only the pairs that pass
     the filter when `limits` = (max_len, max_len_ratio); the kept source (with EOS) and
     target lengths, and the filter counts."""
-    writers = (RaggedIdsWriter(out, f"{role}.src"), RaggedIdsWriter(out, f"{role}.tgt"))
     texts = (out / f"{role}.src.txt", out / f"{role}.tgt.txt")
     for path in texts:
         path.write_bytes(b"")
-    counts = dict.fromkeys(("read", "empty", "too_long", "ratio", "kept"), 0) if limits else {}
-    for text in chunks:
-        src, tgt = _encode(vocab, text.src, append=EOS), _encode(vocab, text.tgt)
-        if limits:
-            keep, chunk_counts = _filter(src.lengths - 1, tgt.lengths, _nonempty(text), *limits)
-            for key, value in chunk_counts.items():
-                counts[key] += value
-            src, tgt = src.select(keep), tgt.select(keep)
-            idx = np.flatnonzero(keep)
-            text = ParallelText([text.src[i] for i in idx], [text.tgt[i] for i in idx])
-        for writer, ids in zip(writers, (src, tgt), strict=True):
-            writer.append(ids)
-        for path, lines in zip(texts, (text.src, text.tgt), strict=True):
-            write_text(path, lines, append=True)
-    src_lengths, tgt_lengths = (writer.close() for writer in writers)
-    if not limits:
+    counts = dict.fromkeys(("read", "empty", "too_long", "ratio", "kept"), 0)
+    with RaggedIdsWriter(out, f"{role}.src") as src_ids, RaggedIdsWriter(out, f"{role}.tgt") as tgt_ids:
+        for text in chunks:
+            src, tgt = _encode(vocab, text.src, append=EOS), _encode(vocab, text.tgt)
+            if limits is not None:
+                keep, chunk_counts = _filter(src.lengths - 1, tgt.lengths, _nonempty(text), *limits)
+                for key, value in chunk_counts.items():
+                    counts[key] += value
+                src, tgt = src.select(keep), tgt.select(keep)
+                idx = np.flatnonzero(keep)
+                text = ParallelText([text.src[i] for i in idx], [text.tgt[i] for i in idx])
+            src_ids.append(src)
+            tgt_ids.append(tgt)
+            for path, lines in zip(texts, (text.src, text.tgt), strict=True):
+                write_text(path, lines, append=True)
+        src_lengths, tgt_lengths = src_ids.close(), tgt_ids.close()
+    if limits is None:
         counts = {"read": len(src_lengths), "kept": len(src_lengths)}
     return src_lengths, tgt_lengths, counts
 
@@ -241,27 +241,27 @@ def _vocabulary(cfg: dict[str, Any], corpus: Corpus, split: str, vocab_dir: Path
             return Vocabulary.load(model)
         limit = max(1, cfg["spm_max_sentences"] // 2)  # pairs: each gives two sentences
         masks: list[np.ndarray] = []
-        kept: ParallelText | None = ParallelText([], [])
+        spm_pairs, too_many = ParallelText([], []), False  # every non-empty pair, while they fit
         for text in corpus.chunks(split, PREPARE_CHUNK_PAIRS):
             mask = _nonempty(text)
             masks.append(mask)
-            if kept is not None:
-                kept.src.extend(s for s, m in zip(text.src, mask, strict=True) if m)
-                kept.tgt.extend(t for t, m in zip(text.tgt, mask, strict=True) if m)
-                if len(kept) > limit:
-                    kept = None
+            if not too_many:
+                spm_pairs.src.extend(s for s, m in zip(text.src, mask, strict=True) if m)
+                spm_pairs.tgt.extend(t for t, m in zip(text.tgt, mask, strict=True) if m)
+                if len(spm_pairs) > limit:
+                    spm_pairs, too_many = ParallelText([], []), True
         nonempty = np.concatenate(masks) if masks else np.zeros(0, dtype=bool)
         if not nonempty.any():
             raise DataError(
                 f"the training split {split!r} is empty after filtering: all {len(nonempty)} "
                 f"pairs have an empty side"
             )
-        if kept is None:
+        if too_many:
             rng = np.random.default_rng(SPM_SAMPLE_SEED)
             idx = np.sort(rng.choice(np.flatnonzero(nonempty), size=limit, replace=False))
             log.info("training SentencePiece on a sample of %d of %d pairs", limit, nonempty.sum())
-            kept = _gather(corpus.chunks(split, PREPARE_CHUNK_PAIRS), idx)
-        sentences = kept.src + kept.tgt
+            spm_pairs = _gather(corpus.chunks(split, PREPARE_CHUNK_PAIRS), idx)
+        sentences = spm_pairs.src + spm_pairs.tgt
         start = time.perf_counter()
         with _atomic_dir(vocab_dir, root) as tmp:
             train_vocabulary(
@@ -286,7 +286,7 @@ def _gather(chunks: Iterator[ParallelText], idx: np.ndarray) -> ParallelText:
 
 
 def _encode(vocab: Vocabulary, texts: list[str], append: int | None = None) -> RaggedIds:
-    """Encode straight into int32 arrays (lists of Python ints would not fit for WMT)."""
+    """Encode into int32 arrays (SentencePiece's lists of Python ints last one chunk)."""
     return RaggedIds.from_lists(vocab.encode_batch(texts), append=append)
 
 

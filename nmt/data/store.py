@@ -96,13 +96,23 @@ class RaggedIds(Sequence[np.ndarray]):
 
 
 class RaggedIdsWriter:
-    """Appends sequences to what `RaggedIds.save` writes, holding only the lengths in memory."""
+    """Writes the files of `RaggedIds.save` from sequences given part by part, holding only
+    their lengths in memory. A context manager: on an error the part file is closed, and
+    the caller's temporary directory removes it."""
 
     def __init__(self, directory: Path, stem: str) -> None:
         self.directory, self.stem = directory, stem
         self._part = directory / f"{stem}.ids.part"
-        self._file: BinaryIO | None = open(self._part, "wb")  # noqa: SIM115 (closed in close())
+        self._file: BinaryIO | None = open(self._part, "wb")
         self._lengths: list[np.ndarray] = []
+
+    def __enter__(self) -> RaggedIdsWriter:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._file is not None:  # not closed: an error came first
+            self._file.close()
+            self._file = None
 
     def append(self, ids: RaggedIds) -> None:
         """Add the sequences of `ids` after those written so far."""
