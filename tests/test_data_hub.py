@@ -65,6 +65,26 @@ def test_parquet_files_and_reverse_direction(tmp_path):
     assert rev.splits["test"].src_text[0] == "die Katze läuft" and rev.path != data.path
 
 
+def test_chunks_are_the_split_in_order(tmp_path):
+    """Training text is streamed in chunks; a shuffled view (an indices mapping) too."""
+    from nmt.data.corpora import HubCorpus
+
+    rows = [{"en": f"sentence {i}", "de": f"Satz {i}"} for i in range(23)]
+    features = datasets.Features({"translation": datasets.Translation(languages=["de", "en"])})
+    ds = datasets.Dataset.from_dict({"translation": rows}, features=features)
+    datasets.DatasetDict({"train": ds, "validation": ds, "test": ds}).save_to_disk(str(tmp_path / "saved"))
+    corpus = HubCorpus(str(tmp_path / "saved"), None, "en", "de",
+                       {"train": "train", "valid": "validation", "test": "test"})
+    corpus.dataset["train"] = corpus.dataset["train"].shuffle(seed=0)
+    whole = corpus.read("train")
+    assert sorted(whole.src) == sorted(r["en"] for r in rows) and whole.src != [r["en"] for r in rows]
+    chunks = list(corpus.chunks("train", 5))
+    assert [len(c) for c in chunks] == [5, 5, 5, 5, 3]
+    assert [s for c in chunks for s in c.src] == whole.src
+    assert [t for c in chunks for t in c.tgt] == whole.tgt
+    assert all(t == "Satz " + s.split()[1] for s, t in zip(whole.src, whole.tgt, strict=True))
+
+
 def test_one_column_per_language(tmp_path):
     dataset_dict(per_language_columns=True).save_to_disk(str(tmp_path / "cols"))
     check(prepare_data(hub_cfg(tmp_path / "cols", tmp_path / "cache")))

@@ -138,6 +138,58 @@ def test_crlf_and_unicode_line_separators_keep_alignment(tmp_path):
     assert data.splits["valid"].src_text[3] == en[3] and data.splits["valid"].src_text[4] == en[4]
 
 
+def entry_files(data) -> dict[str, bytes]:
+    return {f.name: f.read_bytes() for f in sorted(data.path.iterdir()) if f.name != "meta.json"}
+
+
+@pytest.mark.parametrize("spm_max_sentences", [120, 2_000_000], ids=["spm-sample", "spm-all-pairs"])
+def test_cache_files_do_not_depend_on_the_chunk_size(corpus, tmp_path, monkeypatch, spm_max_sentences):
+    """The training split is streamed in chunks: the SentencePiece sentences (a sample of 60
+    pairs, or all non-empty pairs), the filter counts and every id and text file must come
+    out as if it had been read whole."""
+    src, tgt = sentences(EN, 300, 0), sentences(DE, 300, 1)
+    for i in (3, 6, 7, 150):  # empty pairs, one at a chunk boundary of 7
+        src[i] = ""
+    tgt[299] = ""
+    write(corpus / "train.en.gz", src)
+    write(corpus / "train.de.gz", tgt)
+    cfg = dict(max_len=9, spm_max_sentences=spm_max_sentences)
+    whole = prepare_data(config(corpus, tmp_path / "whole", **cfg))
+    monkeypatch.setattr(prepare_mod, "PREPARE_CHUNK_PAIRS", 7)  # 300 = 42 x 7 + 6
+    chunked = prepare_data(config(corpus, tmp_path / "chunked", **cfg))
+    counts = chunked.meta["splits"]["train"]["filter"]
+    assert counts["empty"] == 5 and 0 < counts["too_long"] and 0 < counts["kept"] < 295
+    assert entry_files(chunked) == entry_files(whole)
+    assert chunked.meta["splits"] == whole.meta["splits"]
+
+
+@pytest.mark.slow
+def test_training_text_is_never_held_whole(tmp_path, monkeypatch):
+    """Preparing a corpus allocates a bounded amount of Python memory per chunk, not per corpus."""
+    import tracemalloc
+
+    root = tmp_path / "big"
+    root.mkdir()
+    n = 40_000  # ~2.5 MB of text a side
+    write(root / "train.en.gz", sentences(EN, n, 0))
+    write(root / "train.de.gz", sentences(DE, n, 1))
+    for split in ("valid", "test"):
+        write(root / f"{split}.en", sentences(EN, 10, 2))
+        write(root / f"{split}.de", sentences(DE, 10, 3))
+    text_bytes = sum(len(line.encode()) + 1 for line in sentences(EN, n, 0) + sentences(DE, n, 1))
+    monkeypatch.setattr(prepare_mod, "PREPARE_CHUNK_PAIRS", 1_000)
+    tracemalloc.start()
+    try:
+        data = prepare_data(config(root, tmp_path / "cache", spm_max_sentences=2_000))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert data.meta["splits"]["train"]["filter"]["read"] == n
+    # Reading the split whole peaked at 20x its text (its strings, then its ids as Python
+    # ints); in chunks of 1,000 pairs the peak is ~1.1x, most of it independent of n.
+    assert peak < 2 * text_bytes, f"peak {peak:,} B for {text_bytes:,} B of text"
+
+
 def test_damaged_cache_entry_is_rebuilt(corpus, tmp_path):
     cfg = config(corpus, tmp_path / "cache")
     first = prepare_data(cfg)
@@ -185,6 +237,31 @@ def test_different_line_counts_name_both_files_and_counts(corpus, tmp_path):
     msg = str(err.value)
     assert f"{corpus / 'valid.en'} has 20 lines but {corpus / 'valid.de'} has 19" in msg
     assert_no_entry(tmp_path / "cache")
+
+
+@pytest.mark.parametrize("short,lines", [("de", 288), ("en", 294)], ids=["mid-chunk", "chunk-boundary"])
+def test_training_files_of_different_lengths_count_whole_files(corpus, tmp_path, monkeypatch, short, lines):
+    """Read in chunks of 7, the message still gives each file's full line count."""
+    monkeypatch.setattr(prepare_mod, "PREPARE_CHUNK_PAIRS", 7)
+    words, seed = (DE, 1) if short == "de" else (EN, 0)
+    write(corpus / f"train.{short}.gz", sentences(words, 300, seed)[:lines])
+    counts = {"en": 300, "de": 300, short: lines}
+    with pytest.raises(DataError) as err:
+        prepare_data(config(corpus, tmp_path / "cache"))
+    assert (f"{corpus / 'train.en.gz'} has {counts['en']} lines but {corpus / 'train.de.gz'} "
+            f"has {counts['de']}") in str(err.value)
+    assert_no_entry(tmp_path / "cache")
+
+
+def test_a_file_of_only_a_byte_order_mark_has_no_lines(tmp_path):
+    from nmt.data.corpora import iter_lines
+
+    (tmp_path / "bom").write_bytes(b"\xef\xbb\xbf")
+    (tmp_path / "bom-newline").write_bytes(b"\xef\xbb\xbf\n")
+    (tmp_path / "bom-text").write_bytes("\ufeffKatze\r\nHund".encode())
+    assert list(iter_lines(tmp_path / "bom")) == []
+    assert list(iter_lines(tmp_path / "bom-newline")) == [""]
+    assert list(iter_lines(tmp_path / "bom-text")) == ["Katze", "Hund"]
 
 
 def test_invalid_utf8_names_file_and_line_before_any_work(corpus, tmp_path, monkeypatch):

@@ -273,3 +273,32 @@ def test_fused_and_explicit_attention_agree(monkeypatch, positions, causal) -> N
         monkeypatch.setattr(attention, "_fused_kernel_pays", lambda *_, fused=fused: fused)
         outs[fused] = attn(x, key_padding_mask=None if causal else pad, causal=causal)
     torch.testing.assert_close(outs[True], outs[False], rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("share_heads", [False, True])
+@pytest.mark.parametrize("causal", [False, True])
+def test_clip_distance_zero_is_no_position_encoding(share_heads: bool, causal: bool) -> None:
+    """k = 0 is Table 3's 'neither' row: one bucket makes q . a^K the same for every key (the
+    softmax drops it) and a^V a constant added to every value, i.e. a value-projection bias."""
+    torch.manual_seed(4)
+    relative = build_model(make_cfg("relative", k=0, share_heads=share_heads), vocab_size=11).double()
+    plain = build_model(make_cfg("none"), vocab_size=11).double()
+    rel_attn, plain_attn = relative.encoder_layers[0].self_attn, plain.encoder_layers[0].self_attn
+    randomize(rel_attn)
+    for name in ("q_proj", "k_proj", "v_proj", "out_proj"):
+        getattr(plain_attn, name).load_state_dict(getattr(rel_attn, name).state_dict())
+    positions = rel_attn.positions
+    # (H, 1, d_head), or (1, d_head) shared: as a bias of the (B, N, H * d_head) values
+    a_v = positions.edge_values.detach().expand(positions.heads, 1, positions.d_head).reshape(-1)
+    with torch.no_grad():
+        plain_attn.v_proj.bias += a_v
+    x = torch.randn(2, 6, 16, dtype=torch.float64)
+    pad = torch.tensor([[False] * 6, [False] * 4 + [True] * 2])
+    got = rel_attn(x, key_padding_mask=pad, causal=causal)
+    want = plain_attn(x, key_padding_mask=pad, causal=causal)
+    assert (got - want).abs().max().item() < TOL
+    # ... and the bias is what a^V is: without it the two differ.
+    with torch.no_grad():
+        plain_attn.v_proj.bias -= a_v
+    without = plain_attn(x, key_padding_mask=pad, causal=causal)
+    assert (got - without).abs().max().item() > 1e-3

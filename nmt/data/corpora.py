@@ -2,7 +2,9 @@
 
 Every source is opened with the three split names of the data config, checks at once that
 those splits and the language pair exist (so a typo fails before any work), and then offers
-`fingerprint(split)` (a content hash, for the cache key) and `read(split)` (validated text).
+`fingerprint(split)` (a content hash, for the cache key), `read(split)` (validated text) and
+`chunks(split, size)` (the same text in pieces, so a WMT training split never has to fit in
+memory as Python strings).
 """
 
 from __future__ import annotations
@@ -10,9 +12,11 @@ from __future__ import annotations
 import gzip
 import hashlib
 import re
+import sys
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +50,12 @@ class Corpus:
     def read(self, split: str) -> ParallelText:
         """The split's sentence pairs, validated (encoding, alignment)."""
         raise NotImplementedError
+
+    def chunks(self, split: str, size: int) -> Iterator[ParallelText]:
+        """The split's pairs in order, `size` at a time (the last chunk may be shorter)."""
+        text = self.read(split)
+        for start in range(0, len(text), size):
+            yield ParallelText(text.src[start : start + size], text.tgt[start : start + size])
 
 
 def open_corpus(cfg: Mapping[str, Any]) -> Corpus:
@@ -210,14 +220,26 @@ class LocalCorpus(Corpus):
         return digest.hexdigest()
 
     def read(self, split: str) -> ParallelText:
+        return next(self.chunks(split, sys.maxsize), ParallelText([], []))  # one chunk: all of it
+
+    def chunks(self, split: str, size: int) -> Iterator[ParallelText]:
+        # Both files are read in step; a length mismatch is found where the shorter one ends.
         src_path, tgt_path = self.files[split]
-        src, tgt = read_lines(src_path), read_lines(tgt_path)
-        if len(src) != len(tgt):
-            raise DataError(
-                f"different line counts: {src_path} has {len(src)} lines but {tgt_path} has "
-                f"{len(tgt)}; the two sides of a parallel corpus must align line by line"
-            )
-        return ParallelText(src, tgt)
+        src_lines, tgt_lines = iter_lines(src_path), iter_lines(tgt_path)
+        done = 0
+        while True:
+            src, tgt = list(islice(src_lines, size)), list(islice(tgt_lines, size))
+            if len(src) != len(tgt):
+                n_src = done + len(src) + sum(1 for _ in src_lines)
+                n_tgt = done + len(tgt) + sum(1 for _ in tgt_lines)
+                raise DataError(
+                    f"different line counts: {src_path} has {n_src} lines but {tgt_path} has "
+                    f"{n_tgt}; the two sides of a parallel corpus must align line by line"
+                )
+            if not src:
+                return
+            done += len(src)
+            yield ParallelText(src, tgt)
 
 
 def read_bytes(path: Path) -> bytes:
@@ -228,27 +250,31 @@ def read_bytes(path: Path) -> bytes:
     return path.read_bytes()
 
 
-def read_lines(path: Path) -> list[str]:
-    """The lines of a UTF-8 text file (gzipped if it ends in .gz), stripped; DataError if invalid."""
+def iter_lines(path: Path) -> Iterator[str]:
+    """The stripped lines of a UTF-8 text file (gzipped if it ends in .gz); DataError if invalid.
+
+    One line at a time: the file is never held in memory whole.
+    """
+    # Only "\n" ends a line (binary line iteration): str.splitlines would also split on
+    # U+2028, U+0085, ... which occur inside WMT sentences and would break the alignment.
+    # A UTF-8 sequence never contains the byte 0x0a, so decoding line by line is exact.
     try:
-        raw = read_bytes(path)
+        with gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb") as f:
+            for number, raw in enumerate(f, start=1):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    raise DataError(
+                        f"{path}, line {number}: invalid UTF-8 (byte 0x{raw[exc.start]:02x} at "
+                        f"column {exc.start + 1}); convert the file to UTF-8 (e.g. iconv -f latin1 -t utf-8)"
+                    ) from None
+                if number == 1:
+                    line = line.removeprefix("\ufeff")
+                    if not line:  # a file holding only a byte-order mark has no lines
+                        return
+                yield line.strip()
     except (OSError, EOFError, zlib.error) as exc:
         raise DataError(f"{path}: cannot read ({exc})") from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = raw.count(b"\n", 0, exc.start) + 1
-        column = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
-        raise DataError(
-            f"{path}, line {line}: invalid UTF-8 (byte 0x{raw[exc.start]:02x} at column "
-            f"{column}); convert the file to UTF-8 (e.g. iconv -f latin1 -t utf-8)"
-        ) from None
-    # Only "\n" ends a line: str.splitlines would also split on U+2028, U+0085, ... which
-    # occur inside WMT sentences and would break the alignment.
-    lines = text.removeprefix("\ufeff").split("\n")
-    if lines and lines[-1] == "":
-        lines.pop()
-    return [line.strip() for line in lines]
 
 
 # ---------------------------------------------------------------------------------------
@@ -302,6 +328,7 @@ class HubCorpus(Corpus):
     def __init__(self, name: str, subset: str | None, src: str, tgt: str, splits: Mapping[str, str]):
         self.name, self.subset, self.src, self.tgt = name, subset, src, tgt
         self.dataset = load_hub_dataset(name, subset)
+        self._tables: dict[str, Any] = {}
         where = f"{name}" + (f" ({subset})" if subset else "")
         for role, split in splits.items():
             if split not in self.dataset:
@@ -324,12 +351,24 @@ class HubCorpus(Corpus):
         return _hash_items([self.name, self.subset, split, ds._fingerprint, len(ds)])
 
     def read(self, split: str) -> ParallelText:
+        return self._pairs(self._table(split))
+
+    def chunks(self, split: str, size: int) -> Iterator[ParallelText]:
+        table = self._table(split)  # memory-mapped Arrow: a slice costs nothing until read
+        for start in range(0, table.num_rows, size):
+            yield self._pairs(table.slice(start, size))
+
+    def _table(self, split: str) -> Any:
+        if split not in self._tables:  # preparing reads the training split up to three times
+            ds = self.dataset[split]
+            if ds._indices is not None:  # a select()/shuffle() view: make the rows contiguous
+                ds = ds.flatten_indices()
+            self._tables[split] = ds.data
+        return self._tables[split]
+
+    def _pairs(self, table: Any) -> ParallelText:
         import pyarrow.compute as pc
 
-        ds = self.dataset[split]
-        if ds._indices is not None:  # a select()/shuffle() view: make the rows contiguous
-            ds = ds.flatten_indices()
-        table = ds.data
         sides = []
         for lang in (self.src, self.tgt):
             col = table.column(lang) if self.column is None else pc.struct_field(

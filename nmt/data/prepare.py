@@ -43,11 +43,15 @@ from omegaconf.errors import OmegaConfBaseException
 from nmt.config import ConfigError, _validate_data
 from nmt.data.corpora import ROLES, Corpus, ParallelText, open_corpus
 from nmt.data.errors import DataError
-from nmt.data.store import EncodedSplit, RaggedIds, write_text
+from nmt.data.store import EncodedSplit, RaggedIds, RaggedIdsWriter, write_text
 from nmt.data.vocab import EOS, Vocabulary, train_vocabulary
 
 FORMAT_VERSION = 1  # bump when the on-disk layout or the encoding changes
 SPM_SAMPLE_SEED = 0
+# Training pairs read, encoded and written at a time: bounds memory whatever the corpus size
+# (measured: ~65 MB above the imports at 20k pairs, ~220 MB at 100k, at the same speed).
+# The cache files do not depend on it.
+PREPARE_CHUNK_PAIRS = 20_000
 log = logging.getLogger("nmt.data")
 
 
@@ -147,26 +151,23 @@ def load_prepared(entry: Path, cache_hit: bool = True) -> PreparedData:
 def _build(
     cfg: dict[str, Any], corpus: Corpus, names: dict[str, str], out: Path, root: Path, vocab_dir: Path
 ) -> dict[str, Any]:
-    """Read, check, train or reuse SentencePiece, encode, filter train; write into `out`."""
-    # Reading every split first means a bad file fails before SentencePiece starts.
-    texts = {role: corpus.read(split) for role, split in names.items()}
-    train = texts["train"]
-    nonempty = np.fromiter((bool(s and t) for s, t in zip(train.src, train.tgt, strict=True)),
-                           dtype=bool, count=len(train))
-    if not nonempty.any():
-        raise DataError(
-            f"the training split {names['train']!r} is empty after filtering: all {len(train)} "
-            f"pairs have an empty side"
-        )
-    vocab = _vocabulary(cfg, train, nonempty, vocab_dir, root)
+    """Read, check, train or reuse SentencePiece, encode, filter train; write into `out`.
+
+    The training split is streamed in chunks of PREPARE_CHUNK_PAIRS pairs, straight from the
+    corpus into the cache files: a WMT14 EN-FR split (36M pairs) never sits in memory.
+    """
+    # Valid and test are small: read them first, so a bad file there fails before the long work.
+    held = {role: corpus.read(names[role]) for role in ("valid", "test")}
+    vocab = _vocabulary(cfg, corpus, names["train"], vocab_dir, root)
     shutil.copyfile(vocab.path, out / "spm.model")
 
     meta: dict[str, Any] = {"vocab": {"size": vocab.size, "fingerprint": vocab.fingerprint}, "splits": {}}
-    for role, text in texts.items():
-        src = _encode(vocab, text.src, append=EOS)
-        tgt = _encode(vocab, text.tgt)
+    for role in ROLES:
         if role == "train":
-            keep, counts = _filter(src.lengths - 1, tgt.lengths, nonempty, cfg["max_len"], cfg["max_len_ratio"])
+            limits = (cfg["max_len"], cfg["max_len_ratio"])
+            src_lengths, tgt_lengths, counts = _write_split(
+                vocab, corpus.chunks(names[role], PREPARE_CHUNK_PAIRS), out, role, limits
+            )
             log.info(
                 "train %s: kept %d of %d pairs (dropped: %d empty, %d over max_len=%d "
                 "subwords, %d with length ratio over max_len_ratio=%g)", names[role],
@@ -180,38 +181,87 @@ def _build(
                     f"exceed data.max_len={cfg['max_len']} subwords and {counts['ratio']} exceed "
                     f"data.max_len_ratio={cfg['max_len_ratio']}; raise those limits"
                 )
-            src, tgt = src.select(keep), tgt.select(keep)
-            idx = np.flatnonzero(keep)
-            text = ParallelText([text.src[i] for i in idx], [text.tgt[i] for i in idx])
-        else:
-            counts = {"read": len(text), "kept": len(text)}  # valid and test are never filtered
-        src.save(out, f"{role}.src")
-        tgt.save(out, f"{role}.tgt")
-        write_text(out / f"{role}.src.txt", text.src)
-        write_text(out / f"{role}.tgt.txt", text.tgt)
+        else:  # valid and test are never filtered
+            src_lengths, tgt_lengths, counts = _write_split(vocab, iter([held[role]]), out, role, None)
         meta["splits"][role] = {
-            "name": names[role], "pairs": len(src), "filter": counts,
-            "src_tokens": int(len(src.flat) - len(src)), "tgt_tokens": int(len(tgt.flat)),
+            "name": names[role], "pairs": len(src_lengths), "filter": counts,
+            "src_tokens": int(src_lengths.sum() - len(src_lengths)), "tgt_tokens": int(tgt_lengths.sum()),
         }
     return meta
 
 
-def _vocabulary(
-    cfg: dict[str, Any], train: ParallelText, nonempty: np.ndarray, vocab_dir: Path, root: Path
-) -> Vocabulary:
-    """The cached SentencePiece model for this training split and settings, trained if absent."""
+def _write_split(
+    vocab: Vocabulary, chunks: Iterator[ParallelText], out: Path, role: str,
+    limits: tuple[int, float] | None,
+) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
+    """Encode a split chunk by chunk into its cache files, keeping only the pairs that pass
+    the filter when `limits` = (max_len, max_len_ratio); the kept source (with EOS) and
+    target lengths, and the filter counts."""
+    texts = (out / f"{role}.src.txt", out / f"{role}.tgt.txt")
+    for path in texts:
+        path.write_bytes(b"")
+    counts = dict.fromkeys(("read", "empty", "too_long", "ratio", "kept"), 0)
+    with RaggedIdsWriter(out, f"{role}.src") as src_ids, RaggedIdsWriter(out, f"{role}.tgt") as tgt_ids:
+        for text in chunks:
+            src, tgt = _encode(vocab, text.src, append=EOS), _encode(vocab, text.tgt)
+            if limits is not None:
+                keep, chunk_counts = _filter(src.lengths - 1, tgt.lengths, _nonempty(text), *limits)
+                for key, value in chunk_counts.items():
+                    counts[key] += value
+                src, tgt = src.select(keep), tgt.select(keep)
+                idx = np.flatnonzero(keep)
+                text = ParallelText([text.src[i] for i in idx], [text.tgt[i] for i in idx])
+            src_ids.append(src)
+            tgt_ids.append(tgt)
+            for path, lines in zip(texts, (text.src, text.tgt), strict=True):
+                write_text(path, lines, append=True)
+        src_lengths, tgt_lengths = src_ids.close(), tgt_ids.close()
+    if limits is None:
+        counts = {"read": len(src_lengths), "kept": len(src_lengths)}
+    return src_lengths, tgt_lengths, counts
+
+
+def _nonempty(text: ParallelText) -> np.ndarray:
+    """Which pairs have text on both sides."""
+    return np.fromiter((bool(s and t) for s, t in zip(text.src, text.tgt, strict=True)),
+                       dtype=bool, count=len(text))
+
+
+def _vocabulary(cfg: dict[str, Any], corpus: Corpus, split: str, vocab_dir: Path, root: Path) -> Vocabulary:
+    """The cached SentencePiece model for this training split and settings, trained if absent.
+
+    It trains on the non-empty pairs, or a seeded sample of `spm_max_sentences / 2` of them:
+    one pass over the split finds them (and keeps them while they fit the sample size), a
+    second pass, only when there are more, collects the sample.
+    """
     model = vocab_dir / "spm.model"
     with _locked(root, vocab_dir.name):
         if model.is_file():
             log.info("reusing vocabulary %s", model)
             return Vocabulary.load(model)
-        idx = np.flatnonzero(nonempty)
         limit = max(1, cfg["spm_max_sentences"] // 2)  # pairs: each gives two sentences
-        if len(idx) > limit:
+        masks: list[np.ndarray] = []
+        spm_pairs, too_many = ParallelText([], []), False  # every non-empty pair, while they fit
+        for text in corpus.chunks(split, PREPARE_CHUNK_PAIRS):
+            mask = _nonempty(text)
+            masks.append(mask)
+            if not too_many:
+                spm_pairs.src.extend(s for s, m in zip(text.src, mask, strict=True) if m)
+                spm_pairs.tgt.extend(t for t, m in zip(text.tgt, mask, strict=True) if m)
+                if len(spm_pairs) > limit:
+                    spm_pairs, too_many = ParallelText([], []), True
+        nonempty = np.concatenate(masks) if masks else np.zeros(0, dtype=bool)
+        if not nonempty.any():
+            raise DataError(
+                f"the training split {split!r} is empty after filtering: all {len(nonempty)} "
+                f"pairs have an empty side"
+            )
+        if too_many:
             rng = np.random.default_rng(SPM_SAMPLE_SEED)
-            idx = np.sort(rng.choice(idx, size=limit, replace=False))
+            idx = np.sort(rng.choice(np.flatnonzero(nonempty), size=limit, replace=False))
             log.info("training SentencePiece on a sample of %d of %d pairs", limit, nonempty.sum())
-        sentences = [train.src[i] for i in idx] + [train.tgt[i] for i in idx]
+            spm_pairs = _gather(corpus.chunks(split, PREPARE_CHUNK_PAIRS), idx)
+        sentences = spm_pairs.src + spm_pairs.tgt
         start = time.perf_counter()
         with _atomic_dir(vocab_dir, root) as tmp:
             train_vocabulary(
@@ -223,13 +273,21 @@ def _vocabulary(
         return Vocabulary.load(model)
 
 
+def _gather(chunks: Iterator[ParallelText], idx: np.ndarray) -> ParallelText:
+    """The pairs at the sorted positions `idx` of a split read in chunks."""
+    out, offset = ParallelText([], []), 0
+    for text in chunks:
+        lo, hi = np.searchsorted(idx, [offset, offset + len(text)])
+        for i in idx[lo:hi] - offset:
+            out.src.append(text.src[i])
+            out.tgt.append(text.tgt[i])
+        offset += len(text)
+    return out
+
+
 def _encode(vocab: Vocabulary, texts: list[str], append: int | None = None) -> RaggedIds:
-    """Encode in chunks straight into int32 arrays (lists of Python ints would not fit for WMT)."""
-    chunk = 100_000
-    return RaggedIds.concat([
-        RaggedIds.from_lists(vocab.encode_batch(texts[i : i + chunk]), append=append)
-        for i in range(0, len(texts), chunk)
-    ])
+    """Encode into int32 arrays (SentencePiece's lists of Python ints last one chunk)."""
+    return RaggedIds.from_lists(vocab.encode_batch(texts), append=append)
 
 
 def _filter(

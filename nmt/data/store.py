@@ -7,10 +7,11 @@ its batches are read.
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator, Sequence
 from itertools import chain
 from pathlib import Path
-from typing import overload
+from typing import BinaryIO, overload
 
 import numpy as np
 
@@ -94,6 +95,50 @@ class RaggedIds(Sequence[np.ndarray]):
         return cls(flat, offsets)
 
 
+class RaggedIdsWriter:
+    """Writes the files of `RaggedIds.save` from sequences given part by part, holding only
+    their lengths in memory. A context manager: on an error the part file is closed, and
+    the caller's temporary directory removes it."""
+
+    def __init__(self, directory: Path, stem: str) -> None:
+        self.directory, self.stem = directory, stem
+        self._part = directory / f"{stem}.ids.part"
+        self._file: BinaryIO | None = open(self._part, "wb")
+        self._lengths: list[np.ndarray] = []
+
+    def __enter__(self) -> RaggedIdsWriter:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._file is not None:  # not closed: an error came first
+            self._file.close()
+            self._file = None
+
+    def append(self, ids: RaggedIds) -> None:
+        """Add the sequences of `ids` after those written so far."""
+        assert self._file is not None, "append after close"
+        self._file.write(np.ascontiguousarray(ids.flat, dtype=np.int32).tobytes())
+        self._lengths.append(ids.lengths)
+
+    def close(self) -> np.ndarray:
+        """Write `<stem>.ids.npy` and `<stem>.offsets.npy`; returns every sequence's length."""
+        assert self._file is not None, "closed twice"
+        self._file.close()
+        self._file = None
+        lengths = np.concatenate(self._lengths) if self._lengths else np.zeros(0, dtype=np.int64)
+        offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        # The .npy header that np.save would write for this array, then the ids as they are.
+        header = np.lib.format.header_data_from_array_1_0(np.zeros(0, dtype=np.int32))
+        header["shape"] = (int(offsets[-1]),)
+        with open(self.directory / f"{self.stem}.ids.npy", "wb") as out, open(self._part, "rb") as part:
+            np.lib.format.write_array_header_1_0(out, header)
+            shutil.copyfileobj(part, out)
+        self._part.unlink()
+        np.save(self.directory / f"{self.stem}.offsets.npy", offsets)
+        return lengths
+
+
 class EncodedSplit:
     """One split as ids: `src` ends with EOS, `tgt` has neither BOS nor EOS; plus the raw text."""
 
@@ -167,9 +212,9 @@ def _lengths(seqs: Sequence[np.ndarray]) -> np.ndarray:
     return np.fromiter((len(s) for s in seqs), dtype=np.int64, count=len(seqs))
 
 
-def write_text(path: Path, lines: Sequence[str]) -> None:
+def write_text(path: Path, lines: Sequence[str], append: bool = False) -> None:
     """One sentence per line (sentences never contain a newline: the readers split on it)."""
-    with open(path, "w", encoding="utf-8", newline="\n") as f:
+    with open(path, "a" if append else "w", encoding="utf-8", newline="\n") as f:
         for line in lines:
             f.write(line)
             f.write("\n")
