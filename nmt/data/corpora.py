@@ -18,7 +18,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -242,12 +242,15 @@ class LocalCorpus(Corpus):
             yield ParallelText(src, tgt)
 
 
+def open_binary(path: Path) -> BinaryIO:
+    """A file opened for reading bytes, decompressed if its name ends in .gz."""
+    return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")  # type: ignore[return-value]
+
+
 def read_bytes(path: Path) -> bytes:
     """A file's bytes, decompressed if its name ends in .gz (OSError, EOFError, zlib.error)."""
-    if path.suffix == ".gz":
-        with gzip.open(path, "rb") as f:
-            return f.read()
-    return path.read_bytes()
+    with open_binary(path) as f:
+        return f.read()
 
 
 def iter_lines(path: Path) -> Iterator[str]:
@@ -259,7 +262,7 @@ def iter_lines(path: Path) -> Iterator[str]:
     # U+2028, U+0085, ... which occur inside WMT sentences and would break the alignment.
     # A UTF-8 sequence never contains the byte 0x0a, so decoding line by line is exact.
     try:
-        with gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb") as f:
+        with open_binary(path) as f:
             for number, raw in enumerate(f, start=1):
                 try:
                     line = raw.decode("utf-8")
