@@ -2,10 +2,10 @@
 
 Two paths compute the same function:
 
-* fused: `F.scaled_dot_product_attention`, used whenever the position term is at most an
-  additive bias on the logits (absolute, learned, rotary, none, relative keys-only);
-* explicit: softmax(q k^T / sqrt(d) + bias) then the relative value term, needed when
-  the weights themselves enter the output (Shaw a^V, eq. 3).
+* fused: `F.scaled_dot_product_attention`, usable whenever the position term is at most an
+  additive bias on the logits;
+* explicit: softmax(q k^T / sqrt(d) + bias), then the encoding's value term, needed when
+  the weights themselves enter the output (Shaw's a^V, eq. 3).
 """
 
 from __future__ import annotations
@@ -95,21 +95,10 @@ class MultiHeadAttention(nn.Module):
         if memory is None:  # self-attention
             q_start = cache.length if cache is not None else 0
             k, v = self._split(self.k_proj(query)), self._split(self.v_proj(query))
-            pos, total = self.positions, q_start + q.size(2)
-            if pos is not None and pos.length_dependent and cache is None and key_padding_mask is not None:
-                total = (~key_padding_mask).sum(-1).tolist()  # each sentence's own length
-            if pos is not None:
-                q = pos.rotate(q, q_start, total)
-            if pos is not None and cache is not None and pos.length_dependent:
-                # The rotation changes as the output grows (dynamic rotary scaling): the
-                # cache keeps raw keys, and all of them are rotated anew at every step.
+            if self.positions is not None:
+                q, k, v = self.positions.positioned(q, k, v, q_start, cache, key_padding_mask)
+            elif cache is not None:
                 k, v = cache.append(k, v)
-                k = pos.rotate(k, 0, total)
-            else:
-                if pos is not None:
-                    k = pos.rotate(k, q_start, total)
-                if cache is not None:
-                    k, v = cache.append(k, v)
         elif cache is not None and cache.keys is not None:
             k, v = cache.keys, cache.values  # type: ignore[assignment]
         else:
@@ -133,9 +122,7 @@ class MultiHeadAttention(nn.Module):
         Nq, Nk = q.size(2), k.size(2)
         pos = self.positions
         dropout = self.dropout if self.training else 0.0
-        bias = None
-        if pos is not None and pos.has_score_term:
-            bias = pos.score_bias(q, q_start, Nk) * self.scale  # eq. (4): same 1/sqrt(d)
+        bias = pos.score_bias(q, q_start, Nk) if pos is not None else None
         mask = _blocked_positions(key_padding_mask, causal, q_start, Nq, Nk, q.device)
 
         if (pos is None or not pos.has_value_term) and _fused_kernel_pays(q, bias is not None, dropout):
@@ -165,11 +152,9 @@ class MultiHeadAttention(nn.Module):
 def _fused_kernel_pays(q: Tensor, has_bias: bool, dropout: float) -> bool:
     """Whether `scaled_dot_product_attention` beats the explicit softmax(q k^T) v here.
 
-    On GPUs always (fused kernels, O(N) memory). On the CPU (a one-off timing on a shared core,
-    torch 2.13, 1 thread, model=small shapes: batch 120, 4 heads of 64, N = 20, forward + backward; ms per 10 passes) it loses
-    with dropout (fp32 256 against 221 explicit, bf16 280 against 209), with a float bias
-    (keys-only relative, no dropout: fp32 258 against 199) and in bf16 (316 against 197), and
-    wins only in fp32 with neither (178 against 185), where it also keeps O(N) memory.
+    On GPUs always (fused kernels, O(N) memory). On the CPU it loses to the explicit path
+    with dropout, with a float bias and in bf16, and wins only in fp32 with neither (the
+    measurement is in docs/benchmarks.md, "Attention kernels").
     """
     if q.device.type != "cpu":
         return True

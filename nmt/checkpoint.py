@@ -4,16 +4,14 @@ A checkpoint is self-contained: the model weights, the full composed config and 
 SentencePiece model bytes, so `nmt-translate ckpt.pt` needs nothing else. Training
 checkpoints also hold the optimizer, scheduler, scaler, RNG and data position.
 
-`nmt-average` averages the parameters of several checkpoints of one run.
+`average_checkpoints` averages the parameters of several checkpoints of one run
+(the `nmt-average` command).
 """
 
 from __future__ import annotations
 
-import argparse
-import functools
 import os
 import re
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -21,22 +19,13 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from nmt.config import EVALUATION_ENCODING_OPTIONS, EncodingConfig
+from nmt.config import complete_encoding
+from nmt.encodings import architecture_options
+from nmt.errors import CheckpointError
+from nmt.textio import new_file_mode
 
 FORMAT_VERSION = 1
 NUMBERED = re.compile(r"checkpoint_(\d+)\.pt$")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint is missing, unreadable, or does not fit what it is used with."""
-
-
-@functools.cache  # os.umask can only be read by setting it: once per process, not per write
-def new_file_mode() -> int:
-    """What open() would give a new file (0o666 less the umask); mkstemp's files are 0o600."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
@@ -86,37 +75,37 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
 
 def checkpoint_config(state: dict[str, Any]) -> DictConfig:
-    """The checkpoint's config, with evaluation options newer than the file at their defaults.
+    """The checkpoint's config, completed for this version (`nmt.config.complete_encoding`).
 
     Architecture keys are never filled in: a missing one must fail, not become the default."""
     cfg = OmegaConf.create(state["config"])
     if "encoding" in cfg:
-        for key in EVALUATION_ENCODING_OPTIONS:
-            if key not in cfg.encoding:
-                cfg.encoding[key] = getattr(EncodingConfig, key)
+        cfg.encoding = complete_encoding(OmegaConf.to_container(cfg.encoding))
     return cfg
 
 
+# Model keys that do not change what the parameters are or compute.
+NON_ARCHITECTURE_MODEL_KEYS = (
+    "dropout", "attention_dropout", "activation_dropout",
+    "name",  # a preset's label; the sizes themselves are compared
+    "init_std",  # how the weights started, not what they are
+)
+
+
 def architecture_differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
-    """What differs between two configs' `model` and `encoding` sections, as `key: x != y`."""
+    """What differs between two configs' `model` and `encoding` sections, as `key: x != y`.
+
+    The encoding's name is compared too: absolute, rotary and none have the same parameters
+    but different functions, so their average would be meaningless."""
     diffs = []
-    for section in ("model", "encoding"):
-        sa, sb = a.get(section, {}), b.get(section, {})
-        for key in sorted(set(sa) | set(sb)):
-            if key in ("dropout", "attention_dropout", "activation_dropout"):
-                continue  # do not change the parameters
-            if section == "model" and key == "name":
-                continue  # a preset's label; the sizes themselves are compared
-            # encoding.name is compared: absolute, rotary and none have the same parameters
-            # but different functions, so their average would be meaningless.
-            if section == "encoding" and key in EVALUATION_ENCODING_OPTIONS:
-                continue
-            if section == "model" and key == "init_std":
-                continue  # how the weights started, not what they are
-            if section == "encoding" and key == "max_len" and "learned" not in (sa.get("name"), sb.get("name")):
-                continue  # only learned positions have a table of that size
-            if sa.get(key) != sb.get(key):
-                diffs.append(f"{section}.{key}: {sa.get(key)} != {sb.get(key)}")
+    ma, mb = a.get("model", {}), b.get("model", {})
+    for key in sorted(set(ma) | set(mb)):
+        if key not in NON_ARCHITECTURE_MODEL_KEYS and ma.get(key) != mb.get(key):
+            diffs.append(f"model.{key}: {ma.get(key)} != {mb.get(key)}")
+    ea, eb = (complete_encoding(c.get("encoding", {})) for c in (a, b))
+    for key in dict.fromkeys((*architecture_options(ea), *architecture_options(eb))):
+        if ea.get(key) != eb.get(key):
+            diffs.append(f"encoding.{key}: {ea.get(key)} != {eb.get(key)}")
     return diffs
 
 
@@ -199,32 +188,3 @@ def numbered_checkpoints(run_dir: str | Path) -> list[Path]:
     """`checkpoint_<step>.pt` files of a run, oldest step first."""
     found = [(int(m.group(1)), p) for p in Path(run_dir).glob("checkpoint_*.pt") if (m := NUMBERED.search(p.name))]
     return [p for _, p in sorted(found)]
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`nmt-average`: average the last N checkpoints of a run, or an explicit list."""
-    parser = argparse.ArgumentParser(prog="nmt-average", description=main.__doc__)
-    parser.add_argument("inputs", nargs="*", help="checkpoint files to average")
-    parser.add_argument("--run", help="a run directory: average its numbered checkpoints")
-    parser.add_argument("--last", type=int, default=5, help="with --run: how many (default 5)")
-    parser.add_argument("-o", "--output", required=True, help="where to write the average")
-    args = parser.parse_args(argv)
-    paths: list[Path] = [Path(p) for p in args.inputs]
-    if args.run:
-        found = numbered_checkpoints(args.run)
-        if not found:
-            parser.error(f"no checkpoint_<step>.pt files in {args.run}")
-        paths += found[-args.last :]
-    if not paths:
-        parser.error("give checkpoint files, or --run DIR")
-    try:
-        save_checkpoint(args.output, average_checkpoints(paths))
-    except CheckpointError as err:
-        print(f"nmt-average: {err}", file=sys.stderr)
-        return 2
-    print(f"averaged {len(paths)} checkpoints into {args.output}", file=sys.stderr)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -6,37 +6,32 @@ rejected by Hydra at composition time, so a typo on the command line fails at on
 
 from __future__ import annotations
 
+import functools
+import importlib.resources
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
-ENCODINGS = ("absolute", "learned", "relative", "combined", "rotary", "none")
+from nmt.encodings import (
+    SIDE_KEYS,
+    architecture_options,
+    check_encoding,
+    encoding_schema,
+    evaluation_options,
+    position_limit,
+    used_options,
+)
+from nmt.errors import ConfigError
+
 NORMS = ("post", "pre")
-ROTARY_SCALINGS = ("none", "linear", "ntk", "dynamic_linear", "dynamic_ntk")
 # Encoding options that change evaluation only, never the weights: a checkpoint may be
 # evaluated, averaged or resumed with other values, and an older one without them loads.
-EVALUATION_ENCODING_OPTIONS = ("rotary_scaling", "rotary_factor", "rotary_train_len")
+EVALUATION_ENCODING_OPTIONS = evaluation_options()
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 MALLOC_KEEP_MAX_MIB = (2**31 - 1) // 2**20  # mallopt(3) takes the threshold as a C int of bytes
-# Keys of how a run executes, not of what it computes: a finished run relaunched with other
-# values is still finished (nmt.train.finished_results), nmt-report never makes them a row,
-# and conf/config.yaml leaves them out of sweep job names (a test keeps the lists equal).
-# train.device, with train.precision=auto, also picks the precision; results.json records it.
-RUNTIME_KEYS = (
-    "train.device", "train.threads", "train.malloc_keep_mib", "train.tensorboard", "train.resume",
-    "train.log_every", "train.dist_timeout_minutes",
-)
-# Keys holding a machine's paths: never written to results.json. The data cache holds what
-# the other data keys determine; data.root and data.hub_name pick the corpus.
-PATH_KEYS = ("data.cache_dir", "data.root", "data.hub_name")
-
-
-class ConfigError(ValueError):
-    """A configuration value a user set is invalid; the message names it and the fix."""
 
 
 @dataclass
@@ -55,23 +50,9 @@ class ModelConfig:
     init_std: float | None = None  # None: d_model ** -0.5 for embeddings (T2T)
 
 
-@dataclass
-class EncodingConfig:
-    name: str = "relative"
-    # relative / combined (Shaw et al. 2018)
-    k: int = 16  # clipping distance: relative positions beyond +-k share one edge vector
-    keys: bool = True  # a^K, the term on the attention logits (eq. 4)
-    values: bool = True  # a^V, the term on the attention output (eq. 3)
-    share_heads: bool = False  # False: (heads, 2k+1, d_head) tables, the paper's base setup
-    # learned absolute
-    max_len: int = 1024
-    # rotary (RoPE); scaling applies at evaluation only, for length-extrapolation studies
-    rotary_base: float = 10000.0
-    rotary_scaling: str = "none"  # none | linear (position interpolation) | ntk | dynamic_linear | dynamic_ntk
-    rotary_factor: float = 1.0  # linear, ntk: the fixed factor at every length
-    # dynamic_*: the factor is max(1, N / rotary_train_len) for a sequence of N positions;
-    # set it to the longest sequence seen in training (subwords + 1 for EOS / BOS)
-    rotary_train_len: int = 0
+# The `encoding` group: `name` (the preset), `input` and `attention` (one registered method
+# each) and every method's options, each declared in its own module of `nmt.encodings`.
+EncodingConfig = encoding_schema()
 
 
 @dataclass
@@ -89,7 +70,7 @@ class ToyConfig:
     test_size: int = 500
     # Lengths stay within the default clipping distance encoding.k=16 (15 words + EOS): the
     # output must be exactly as long as the input, and a relative-only model cannot count
-    # past k, so at 4..20 it stopped ~16 words into longer sentences (test BLEU ~92, not ~99).
+    # past k (docs/configuration.md, "The toy task").
     min_len: int = 4
     max_len: int = 15  # train and valid lengths (words), uniform in [min_len, max_len]
     test_min_len: int = 4
@@ -140,7 +121,7 @@ class TrainConfig:
     # CPU, glibc: freed blocks up to this many MiB stay in the process for reuse instead of
     # going back to the OS. The (B*T, V) logits and their gradients are tens of MiB; glibc
     # unmaps such blocks on free, and the next step page-faults them in again, 4 KiB at a
-    # time (~15% of the CPU time of Multi30k small). 0: glibc's defaults. At most 2047.
+    # time (README, "Training"). 0: glibc's defaults. At most 2047.
     malloc_keep_mib: int = 2047
     log_every: int = 50
     eval_every: int = 1000
@@ -197,45 +178,15 @@ def register_configs() -> None:
 def validate(cfg: Any) -> None:
     """Raise one `ConfigError` naming the first bad value and how to fix it."""
     enc, model = cfg.encoding, cfg.model
-    if enc.name not in ENCODINGS:
+    if enc.name not in encoding_presets():
         raise ConfigError(
-            f"encoding.name={enc.name!r} is unknown; choose one of {', '.join(ENCODINGS)} "
-            f"(e.g. encoding=relative)"
+            f"encoding.name={enc.name!r} is unknown; choose one of "
+            f"{', '.join(encoding_presets())} (e.g. encoding=relative)"
         )
-    if enc.k < 0:
-        raise ConfigError(
-            f"encoding.k={enc.k} is negative; the clipping distance must be >= 0 "
-            f"(k=0 is legal: one bucket, no order information)"
-        )
-    if enc.name in ("relative", "combined") and not any(relative_terms(enc)):
-        raise ConfigError(
-            "encoding.keys=false and encoding.values=false leave the relative encoding with "
-            "no position term; that is encoding=none, or set one of them to true"
-        )
-    if enc.rotary_scaling not in ROTARY_SCALINGS:
-        raise ConfigError(
-            f"encoding.rotary_scaling={enc.rotary_scaling!r} is unknown; choose one of "
-            f"{', '.join(ROTARY_SCALINGS)}"
-        )
-    if enc.rotary_factor < 1.0:
-        raise ConfigError(f"encoding.rotary_factor={enc.rotary_factor} must be >= 1")
-    if enc.rotary_scaling.startswith("dynamic") and enc.rotary_train_len < 1:
-        raise ConfigError(
-            f"encoding.rotary_scaling={enc.rotary_scaling} scales by the length past the training "
-            f"length: set encoding.rotary_train_len to the longest training sequence (subwords + 1), "
-            f"got {enc.rotary_train_len}"
-        )
-    if enc.max_len < 1:
-        raise ConfigError(f"encoding.max_len={enc.max_len} must be >= 1")
     if model.d_model % model.heads != 0:
         raise ConfigError(
             f"model.d_model={model.d_model} is not divisible by model.heads={model.heads}; "
             f"pick heads that divide d_model (d_head = d_model / heads)"
-        )
-    if enc.name == "rotary" and (model.d_model // model.heads) % 2 != 0:
-        raise ConfigError(
-            f"encoding=rotary needs an even head size, got d_model/heads="
-            f"{model.d_model // model.heads}"
         )
     if model.norm not in NORMS:
         raise ConfigError(f"model.norm={model.norm!r} is unknown; choose post or pre")
@@ -245,19 +196,20 @@ def validate(cfg: Any) -> None:
     for name in ("dropout", "attention_dropout", "activation_dropout"):
         if not 0.0 <= getattr(model, name) < 1.0:
             raise ConfigError(f"model.{name}={getattr(model, name)} must be in [0, 1)")
+    check_encoding(enc, model)
     if "data" in cfg:
         _validate_data(cfg.data)
     if "train" in cfg:
         _validate_train(cfg.train)
     if "decode" in cfg:
         _validate_decode(cfg.decode)
-    if "data" in cfg and enc.name == "learned" and cfg.data.max_len + 2 > enc.max_len:
+    limit = position_limit(enc)
+    if "data" in cfg and limit is not None and cfg.data.max_len + 2 > limit:
         raise ConfigError(
-            f"encoding=learned has a table of encoding.max_len={enc.max_len} positions but "
+            f"encoding.input={enc.input} has a table of {limit} positions but "
             f"data.max_len={cfg.data.max_len} allows longer training sentences; raise "
             f"encoding.max_len to at least {cfg.data.max_len + 2}"
         )
-
 
 def _validate_data(data: Any) -> None:
     try:
@@ -333,13 +285,30 @@ def _validate_train(train: Any) -> None:
 def _validate_decode(decode: Any) -> None:
     if decode.beam < 1:
         raise ConfigError(f"decode.beam={decode.beam} must be >= 1 (1 is greedy)")
-    if decode.alpha < 0:
+    if not 0 <= decode.alpha < float("inf"):  # NaN fails every comparison
         raise ConfigError(f"decode.alpha={decode.alpha} must be >= 0 (0: no length penalty)")
+    if decode.max_tokens < 1:
+        raise ConfigError(f"decode.max_tokens={decode.max_tokens} must be >= 1")
     if not 1 <= decode.nbest <= decode.beam:
         raise ConfigError(f"decode.nbest={decode.nbest} must be between 1 and decode.beam")
 
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+def decode_settings(node: Any = None, **overrides: Any) -> DecodeConfig:
+    """The decode settings from config to search: a `decode` node or dict (keys it lacks at
+    their defaults, others ignored) with the overrides that are not None; checked here."""
+    given = {k: v for k, v in (node or {}).items() if k in vars(DecodeConfig()) and v is not None}
+    given.update((k, v) for k, v in overrides.items() if v is not None)
+    settings = DecodeConfig(**given)  # an unknown override is a TypeError
+    settings.length_buckets = list(settings.length_buckets)  # a plain list, not a ListConfig
+    _validate_decode(settings)
+    return settings
+
+
+@functools.cache
+def encoding_presets() -> tuple[str, ...]:
+    """The names of `conf/encoding/*.yaml`: what `encoding=NAME` and `encoding.name` take."""
+    folder = importlib.resources.files("nmt.conf") / "encoding"
+    return tuple(sorted(f.name[: -len(".yaml")] for f in folder.iterdir() if f.name.endswith(".yaml")))
 
 
 def compose(overrides: list[str] | None = None, config_name: str = "config") -> DictConfig:
@@ -351,6 +320,49 @@ def compose(overrides: list[str] | None = None, config_name: str = "config") -> 
     with initialize_config_module(config_module="nmt.conf", version_base="1.3"):
         cfg = hydra_compose(config_name=config_name, overrides=list(overrides or []))
     return cfg
+
+
+def training_presets() -> tuple[str, ...]:
+    """The encoding presets that train different models: presets that differ from an earlier
+    one only in evaluation-only options (the rotary scalings) are left out."""
+    seen, kept = set(), []
+    for name in encoding_presets():
+        enc = to_container(compose([f"encoding={name}"]).encoding)
+        key = tuple((k, enc[k]) for k in ("name", *architecture_options(enc)))
+        if key not in seen:
+            seen.add(key)
+            kept.append(name)
+    return tuple(kept)
+
+
+@functools.cache
+def _preset_sides(name: str) -> dict[str, str]:
+    preset = compose([f"encoding={name}"]).encoding
+    return {key: preset[key] for key in SIDE_KEYS[1:]}
+
+
+def complete_encoding(enc: dict[str, Any]) -> dict[str, Any]:
+    """An encoding section as saved by any version, completed for this one.
+
+    Configs written before the two sides existed name only their preset: its sides come from
+    `conf/encoding/NAME.yaml`. Options the encoding does not use, and evaluation-only
+    options, are filled in at their defaults; a missing option that defines weights is left
+    missing, so building the model fails rather than guessing.
+    """
+    enc = dict(enc)
+    if not all(key in enc for key in SIDE_KEYS[1:]):
+        if enc.get("name") not in encoding_presets():
+            raise ConfigError(
+                f"encoding.name={enc.get('name')!r} has no preset in conf/encoding/ and the "
+                f"config names no encoding.input / encoding.attention"
+            )
+        sides = _preset_sides(enc["name"])
+        enc.update({key: sides[key] for key in SIDE_KEYS[1:] if key not in enc})
+    used = set(used_options(enc)) - set(EVALUATION_ENCODING_OPTIONS)
+    for key, value in to_container(EncodingConfig()).items():
+        if key not in enc and key not in used:
+            enc[key] = value
+    return enc
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -17,6 +17,7 @@ from nmt.attention import KeyValueCache, MultiHeadAttention
 from nmt.config import validate
 from nmt.encodings import (
     AttentionPositions,
+    AttentionShape,
     InputPositions,
     build_attention_positions,
     build_input_positions,
@@ -127,7 +128,9 @@ class Transformer(nn.Module):
         super().__init__()
         m, enc = cfg.model, cfg.encoding
         self.d_model, self.pad_id, self.vocab_size = m.d_model, pad_id, vocab_size
-        self.embed_scale = math.sqrt(m.d_model)  # independent of the encoding (DESIGN trap)
+        # Independent of the encoding: tying it to the sinusoids would silently change the
+        # embedding scale of relative-only models.
+        self.embed_scale = math.sqrt(m.d_model)
         self.embedding = nn.Embedding(vocab_size, m.d_model, padding_idx=pad_id)
         nn.init.normal_(self.embedding.weight, std=m.init_std or m.d_model**-0.5)
         with torch.no_grad():
@@ -138,14 +141,14 @@ class Transformer(nn.Module):
         d_head = m.d_model // m.heads
         self.src_positions: InputPositions | None = build_input_positions(enc, m.d_model)
         self.tgt_positions: InputPositions | None = build_input_positions(enc, m.d_model)
-        self.encoder_layers = nn.ModuleList(
-            EncoderLayer(m, build_attention_positions(enc, m.heads, d_head))
-            for _ in range(m.encoder_layers)
+        encoder_positions = build_attention_positions(
+            enc, AttentionShape(m.heads, d_head, m.encoder_layers, causal=False)
         )
-        self.decoder_layers = nn.ModuleList(
-            DecoderLayer(m, build_attention_positions(enc, m.heads, d_head))
-            for _ in range(m.decoder_layers)
+        decoder_positions = build_attention_positions(
+            enc, AttentionShape(m.heads, d_head, m.decoder_layers, causal=True)
         )
+        self.encoder_layers = nn.ModuleList(EncoderLayer(m, p) for p in encoder_positions)
+        self.decoder_layers = nn.ModuleList(DecoderLayer(m, p) for p in decoder_positions)
         pre = m.norm == "pre"  # pre-norm stacks end with a layer norm; post-norm already did
         self.encoder_norm = nn.LayerNorm(m.d_model) if pre else nn.Identity()
         self.decoder_norm = nn.LayerNorm(m.d_model) if pre else nn.Identity()
@@ -205,7 +208,7 @@ def parameter_counts(model: Transformer) -> dict[str, int]:
     """Parameters by part: embeddings, encoder, decoder, position terms, total."""
     counts = {"embeddings": 0, "encoder": 0, "decoder": 0, "positions": 0}
     for name, p in model.named_parameters():
-        if "positions" in name or "edge_" in name:
+        if "positions" in name:
             counts["positions"] += p.numel()
         elif name.startswith(("embedding", "output_projection")):
             counts["embeddings"] += p.numel()

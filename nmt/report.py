@@ -13,199 +13,14 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import math
-import statistics
 import sys
 from collections import defaultdict
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from nmt.config import RUNTIME_KEYS, flatten
-
-# Config keys that never define a row: how the run was executed, where the cache and the
-# local corpus live (the same corpus on two machines is one row; data.hub_name, the name of
-# a dataset, is not ignored), the seed.
-IGNORED_KEYS = (*RUNTIME_KEYS, "data.cache_dir", "data.root", "seed")
-MEASURES = (
-    ("valid_bleu", "valid BLEU"),
-    ("test_bleu", "test BLEU"),
-    ("test_chrf", "test chrF"),
-)
-
-
-@dataclass
-class Run:
-    path: Path
-    status: str  # finished | failed | unfinished
-    config: dict[str, Any]  # flattened, "encoding.k" -> 16
-    results: dict[str, Any] | None = None
-    detail: str = ""
-    values: dict[str, Any] = field(default_factory=dict)  # the swept keys' values
-
-
-def _run_config(run_dir: Path, results: dict[str, Any] | None) -> dict[str, Any]:
-    hydra_config = run_dir / ".hydra" / "config.yaml"
-    if hydra_config.exists():
-        return flatten(yaml.safe_load(hydra_config.read_text()) or {})
-    if results is not None:  # a run started from Python: the key choices are in results.json
-        keys = ("model", "encoding", "k", "keys", "values", "share_heads", "data", "seed", "experiment")
-        mapping = {"model": "model.name", "encoding": "encoding.name", "k": "encoding.k",
-                   "keys": "encoding.keys", "values": "encoding.values",
-                   "share_heads": "encoding.share_heads", "data": "data.name"}
-        return {mapping.get(k, k): results.get(k) for k in keys}
-    return {}
-
-
-# The encoding options each encoding reads; the others sit in its config unused, and must not
-# tell its row apart (an absolute run's encoding.k, a relative run's rotary_factor).
-ENCODING_OPTIONS = {
-    "relative": ("k", "keys", "values", "share_heads"),
-    "combined": ("k", "keys", "values", "share_heads"),
-    "rotary": ("rotary_base", "rotary_scaling", "rotary_factor", "rotary_train_len"),
-    "learned": ("max_len",),
-}
-ALL_ENCODING_OPTIONS = {o for options in ENCODING_OPTIONS.values() for o in options}
-
-
-def _without_unused_encoding_options(config: dict[str, Any]) -> dict[str, Any]:
-    used = ENCODING_OPTIONS.get(config.get("encoding.name"), ())
-    return {key: value for key, value in config.items()
-            if not (key.startswith("encoding.") and key[len("encoding."):] in ALL_ENCODING_OPTIONS - set(used))}
-
-
-def _last_step(run_dir: Path) -> int | None:
-    metrics = run_dir / "metrics.jsonl"
-    if not metrics.exists():
-        return None
-    step = None
-    for line in metrics.read_text().splitlines():
-        try:
-            step = json.loads(line).get("step", step)
-        except json.JSONDecodeError:  # a line being written right now
-            continue
-    return step
-
-
-def find_runs(paths: list[Path]) -> list[Run]:
-    """Every run directory under `paths`: one with results.json, failed.json or .hydra/."""
-    dirs: set[Path] = set()
-    for root in paths:
-        if not root.exists():
-            raise FileNotFoundError(f"{root} does not exist; pass run or multirun directories")
-        for marker in ("results.json", "failed.json", ".hydra/config.yaml"):
-            for found in root.rglob(marker):
-                dirs.add(found.parent.parent if marker.startswith(".hydra") else found.parent)
-    runs = []
-    for run_dir in sorted(dirs):
-        results_file, failed_file = run_dir / "results.json", run_dir / "failed.json"
-        results = json.loads(results_file.read_text()) if results_file.exists() else None
-        config = _without_unused_encoding_options(_run_config(run_dir, results))
-        if results is not None:
-            runs.append(Run(run_dir, "finished", config, results))
-        elif failed_file.exists():
-            error = json.loads(failed_file.read_text()).get("error", "")
-            runs.append(Run(run_dir, "failed", config, detail=error))
-        else:
-            step = _last_step(run_dir)
-            detail = f"last logged step {step}" if step is not None else "no step logged yet"
-            runs.append(Run(run_dir, "unfinished", config, detail=detail))
-    return runs
-
-
-def swept_keys(runs: list[Run]) -> list[str]:
-    """Config keys whose values differ between runs (the seed and file locations excluded)."""
-    keys: set[str] = set()
-    for run in runs:
-        keys.update(run.config)
-    swept = []
-    for key in sorted(keys):
-        if key in IGNORED_KEYS or key.startswith("hydra."):
-            continue
-        # A key only some runs have (added to the schema since) is swept only if the runs
-        # that have it disagree.
-        if len({repr(run.config[key]) for run in runs if key in run.config}) > 1:
-            swept.append(key)
-    # Keys that follow from another swept key (e.g. model.d_model with model.name) add no row.
-    return [k for k in swept if not _determined_by_other(k, swept, runs)]
-
-
-def _determined_by_other(key: str, swept: list[str], runs: list[Run]) -> bool:
-    for other in swept:
-        if other == key or not other.endswith(".name"):
-            continue
-        if other.rsplit(".", 1)[0] != key.rsplit(".", 1)[0]:
-            continue
-        mapping: dict[Any, set] = defaultdict(set)
-        for run in runs:
-            mapping[repr(run.config.get(other))].add(repr(run.config.get(key)))
-        if all(len(v) == 1 for v in mapping.values()):
-            return True
-    return False
-
-
-def _measures(results: dict[str, Any]) -> dict[str, float | None]:
-    return {
-        "valid_bleu": results.get("valid", {}).get("bleu"),
-        "test_bleu": results.get("test", {}).get("bleu"),
-        "test_chrf": results.get("test", {}).get("chrf"),
-        "steps": results.get("steps"),
-        "tokens_per_s": results.get("train_tokens_per_s"),
-        "parameters": results.get("parameters"),
-        "train_seconds": results.get("train_seconds"),
-    }
-
-
-def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
-    values = [v for v in values if v is not None]
-    if not values:
-        return None, None
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
-
-
-def _sort_key(value: Any) -> tuple:
-    if isinstance(value, bool) or value is None:
-        return (0, str(value))
-    if isinstance(value, (int, float)):
-        return (1, value)
-    return (2, str(value))
-
-
-def summarize(runs: list[Run], keys: list[str]) -> list[dict[str, Any]]:
-    """One row per combination of swept values: mean and std over seeds of every measure."""
-    groups: dict[tuple, list[Run]] = defaultdict(list)
-    for run in runs:
-        run.values = {k: run.config.get(k) for k in keys}
-        if run.status == "finished":
-            groups[tuple(run.values[k] for k in keys)].append(run)
-    rows = []
-    for combo in sorted(groups, key=lambda c: tuple(_sort_key(v) for v in c)):
-        members = groups[combo]
-        row: dict[str, Any] = dict(zip(keys, combo, strict=True))
-        measured = [_measures(r.results or {}) for r in members]
-        for name in ("valid_bleu", "test_bleu", "test_chrf", "steps", "tokens_per_s", "parameters", "train_seconds"):
-            row[name], row[f"{name}_std"] = _mean_std([m[name] for m in measured])
-        row["seeds"] = sorted(r.config.get("seed") for r in members if r.config.get("seed") is not None)
-        row["runs"] = len(members)
-        row["by_length"] = _by_length(members)
-        rows.append(row)
-    return rows
-
-
-def _by_length(members: list[Run]) -> list[dict[str, Any]]:
-    """Mean test BLEU per source-length bucket over the runs of one row."""
-    buckets: dict[str, list[float]] = defaultdict(list)
-    order: list[str] = []
-    for run in members:
-        for b in (run.results or {}).get("test", {}).get("by_length", []):
-            if b["bucket"] not in order:
-                order.append(b["bucket"])
-            if b.get("bleu") is not None:
-                buckets[b["bucket"]].append(b["bleu"])
-    return [{"bucket": b, "bleu": _mean_std(buckets[b])[0], "sentences_runs": len(buckets[b])} for b in order]
+from nmt.results import MEASURES
+from nmt.runs import Run, find_runs, summarize, swept_keys
 
 
 def _cell(value: Any) -> str:
@@ -233,7 +48,8 @@ def _label(row_or_values: dict[str, Any], keys: list[str]) -> str:
 def markdown(rows: list[dict[str, Any]], keys: list[str], runs: list[Run]) -> str:
     head = [k.split(".")[-1] if k.startswith("encoding.") else k for k in keys]
     lines = [
-        "| " + " | ".join([*head, "valid BLEU", "test BLEU", "test chrF", "steps", "tokens/s", "parameters", "seeds"]) + " |",
+        "| " + " | ".join([*head, "valid BLEU", "test BLEU", "test chrF", "steps", "tokens/s",
+                           "parameters", "seeds"]) + " |",
         "|" + "---|" * len(head) + "---:|---:|---:|---:|---:|---:|---|",
     ]
     for row in rows:
@@ -248,14 +64,17 @@ def markdown(rows: list[dict[str, Any]], keys: list[str], runs: list[Run]) -> st
         ]
         lines.append("| " + " | ".join(cells) + " |")
     finished = sum(r.status == "finished" for r in runs)
-    text = [f"{finished} of {len(runs)} runs finished; mean ± standard deviation over seeds.", "", *lines]
+    text = [f"{finished} of {len(runs)} runs finished; mean ± standard deviation over seeds.",
+            "", *lines]
     text += _length_table(rows, keys, head)
     others = [r for r in runs if r.status != "finished"]
     if others:
-        text += ["", "Runs without results:", "", "| run | status | " + " | ".join(head) + " | detail |",
+        text += ["", "Runs without results:", "",
+                 "| run | status | " + " | ".join(head) + " | detail |",
                  "|---|---|" + "---|" * len(head) + "---|"]
         for r in others:
-            text.append(f"| {r.path.name} | {r.status} | " + " | ".join(str(r.values.get(k)) for k in keys) + f" | {r.detail} |")
+            values = " | ".join(str(r.values.get(k)) for k in keys)
+            text.append(f"| {r.path.name} | {r.status} | {values} | {r.detail} |")
     return "\n".join(text) + "\n"
 
 
@@ -263,20 +82,23 @@ def _length_table(rows: list[dict[str, Any]], keys: list[str], head: list[str]) 
     """Test BLEU per source-length bucket (mean over seeds), one row per swept combination."""
     buckets: list[str] = []
     for row in rows:  # buckets no test sentence falls in (toy lengths) get no column
-        buckets += [b["bucket"] for b in row["by_length"] if b["bucket"] not in buckets and b["bleu"] is not None]
+        buckets += [b["bucket"] for b in row["by_length"]
+                    if b["bucket"] not in buckets and b["bleu"] is not None]
     if not buckets:
         return []
     lines = ["", "Test BLEU by source length (subwords):", "",
-             "| " + " | ".join([*head, *buckets]) + " |", "|" + "---|" * len(head) + "---:|" * len(buckets)]
+             "| " + " | ".join([*head, *buckets]) + " |",
+             "|" + "---|" * len(head) + "---:|" * len(buckets)]
     for row in rows:
         bleu = {b["bucket"]: b["bleu"] for b in row["by_length"]}
-        lines.append("| " + " | ".join([*(_cell(row.get(k)) for k in keys), *(_fmt(bleu.get(b), None, 1) for b in buckets)]) + " |")
+        cells = [*(_cell(row.get(k)) for k in keys), *(_fmt(bleu.get(b), None, 1) for b in buckets)]
+        lines.append("| " + " | ".join(cells) + " |")
     return lines
 
 
 def write_csv(rows: list[dict[str, Any]], keys: list[str], path: Path) -> None:
     columns = [*keys, "runs", "seeds"]
-    for name in ("valid_bleu", "test_bleu", "test_chrf", "steps", "tokens_per_s", "parameters", "train_seconds"):
+    for name in MEASURES:
         columns += [name, f"{name}_std"]
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
@@ -357,7 +179,9 @@ def report(paths: list[Path], out_dir: Path) -> dict[str, Any]:
     """Write report.md, report.csv and the plots to `out_dir`; return what was written."""
     runs = find_runs(paths)
     if not runs:
-        raise FileNotFoundError(f"no runs (results.json, failed.json or .hydra/) under {', '.join(map(str, paths))}")
+        raise FileNotFoundError(
+            f"no runs (results.json, failed.json or .hydra/) under {', '.join(map(str, paths))}"
+        )
     keys = swept_keys(runs)
     rows = summarize(runs, keys)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -370,14 +194,16 @@ def report(paths: list[Path], out_dir: Path) -> dict[str, Any]:
         if plot_by_length(rows, keys, out_dir / "bleu_by_length.png"):
             written["bleu_by_length"] = out_dir / "bleu_by_length.png"
     except ImportError:
-        print("nmt-report: matplotlib is not installed (pip install -e '.[plot]'): no plots", file=sys.stderr)
+        print("nmt-report: matplotlib is not installed (pip install -e '.[plot]'): no plots",
+              file=sys.stderr)
     return {"keys": keys, "rows": rows, "runs": runs, "files": written}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="nmt-report", description=__doc__.split("\n\n")[0])
     parser.add_argument("runs", nargs="+", type=Path, help="run or multirun directories")
-    parser.add_argument("-o", "--out-dir", type=Path, help="where to write (default: the first directory)")
+    parser.add_argument("-o", "--out-dir", type=Path,
+                        help="where to write (default: the first directory)")
     args = parser.parse_args(argv)
     try:
         out = report(args.runs, args.out_dir or args.runs[0])

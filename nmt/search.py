@@ -52,8 +52,7 @@ import torch
 from torch import Tensor
 
 from nmt.config import DecodeConfig
-
-PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3  # fixed for every vocabulary (nmt.data.vocab)
+from nmt.special_ids import BOS, EOS, PAD
 
 
 @dataclass(frozen=True)
@@ -83,9 +82,9 @@ def source_position_limit(model: Any) -> int | None:
 
 
 def max_output_lengths(
-    src: Tensor, max_len_a: float, max_len_b: int, limit: int | None = None, pad_id: int = PAD_ID
+    src: Tensor, max_len_a: float, max_len_b: int, limit: int | None = None, pad_id: int = PAD
 ) -> Tensor:
-    """Per sentence `floor(a * src_len + b)` output tokens (EOS included), at least 1, at most `limit`."""
+    """Per sentence `floor(a * src_len + b)` output tokens (EOS included), in [1, `limit`]."""
     src_len = src.ne(pad_id).sum(dim=1).cpu().double()  # (B,); on the CPU: MPS has no float64
     max_len = (max_len_a * src_len + max_len_b).floor().long().clamp(min=1)
     if limit is not None:
@@ -136,39 +135,41 @@ def _start(model: Any, src: Tensor, use_cache: bool) -> _Stepper:
 
 @torch.no_grad()  # not inference_mode: the encodings cache index tensors across calls
 def greedy_search(
-    model: Any,
-    src: Tensor,
-    *,
-    alpha: float = DecodeConfig.alpha,
-    max_len_a: float = DecodeConfig.max_len_a,
-    max_len_b: int = DecodeConfig.max_len_b,
-    use_cache: bool = True,
+    model: Any, src: Tensor, settings: DecodeConfig | None = None, *, use_cache: bool = True
 ) -> list[list[Hypothesis]]:
-    """Arg-max decoding of `src (B, S)`; one-hypothesis lists, scored like `beam_search`."""
+    """Arg-max decoding of `src (B, S)`; one-hypothesis lists, scored like `beam_search`.
+
+    Of `settings` (default: DecodeConfig()) it reads the length limit, and `alpha` only to
+    score the hypothesis; beam and nbest do not apply.
+    """
+    settings = DecodeConfig() if settings is None else settings
+    alpha, max_len_a, max_len_b = settings.alpha, settings.max_len_a, settings.max_len_b
     B, device = src.size(0), src.device
     max_len = max_output_lengths(src, max_len_a, max_len_b, target_position_limit(model))
     stepper = _start(model, src, use_cache)
     results: list[list[Hypothesis]] = [[] for _ in range(B)]
     active = torch.arange(B, device=device)  # sentence ids of the rows
-    tokens = torch.full((B, 0), BOS_ID, dtype=torch.long, device=device)  # (R, t) outputs
+    tokens = torch.full((B, 0), BOS, dtype=torch.long, device=device)  # (R, t) outputs
     log_prob = torch.zeros(B, device=device)
-    last = torch.full((B,), BOS_ID, dtype=torch.long, device=device)
+    last = torch.full((B,), BOS, dtype=torch.long, device=device)
     step = 0
     while active.numel() > 0:
         step += 1  # the output length if this step's token is EOS
         lprobs = stepper.step(last)  # (R, V)
         forced = max_len[active] <= step  # EOS forced at max_len
-        lprobs[forced, :EOS_ID] = -math.inf
-        lprobs[forced, EOS_ID + 1 :] = -math.inf
+        lprobs[forced, :EOS] = -math.inf
+        lprobs[forced, EOS + 1 :] = -math.inf
         best_lp, best = lprobs.max(dim=-1)  # (R,)
         log_prob += best_lp
         tokens = torch.cat((tokens, best.unsqueeze(1)), dim=1)
-        done = best.eq(EOS_ID)
+        done = best.eq(EOS)
         if bool(done.any()):
             rows = done.nonzero().squeeze(1)
             lp = length_penalty(step, alpha)
             for sent, toks, lprob in zip(
-                active[rows].tolist(), tokens[rows, :-1].tolist(), log_prob[rows].tolist(),
+                active[rows].tolist(),
+                tokens[rows, :-1].tolist(),
+                log_prob[rows].tolist(),
                 strict=True,
             ):
                 results[sent].append(Hypothesis(toks, lprob, lprob / lp))
@@ -182,17 +183,15 @@ def greedy_search(
 
 @torch.no_grad()  # not inference_mode: the encodings cache index tensors across calls
 def beam_search(
-    model: Any,
-    src: Tensor,
-    *,
-    beam: int = DecodeConfig.beam,
-    alpha: float = DecodeConfig.alpha,
-    max_len_a: float = DecodeConfig.max_len_a,
-    max_len_b: int = DecodeConfig.max_len_b,
-    nbest: int = DecodeConfig.nbest,
-    use_cache: bool = True,
+    model: Any, src: Tensor, settings: DecodeConfig | None = None, *, use_cache: bool = True
 ) -> list[list[Hypothesis]]:
-    """Batched beam search over `src (B, S)`; per sentence its `nbest` hypotheses, best first."""
+    """Batched beam search over `src (B, S)`; per sentence its `nbest` hypotheses, best first.
+
+    `settings` (default: DecodeConfig()) gives beam, alpha, nbest and the length limit.
+    """
+    settings = DecodeConfig() if settings is None else settings
+    beam, alpha, nbest = settings.beam, settings.alpha, settings.nbest
+    max_len_a, max_len_b = settings.max_len_a, settings.max_len_b
     if beam < 1 or not 1 <= nbest <= beam:
         raise ValueError(f"need beam >= 1 and 1 <= nbest <= beam, got beam={beam} nbest={nbest}")
     B, device, K = src.size(0), src.device, beam
@@ -206,7 +205,7 @@ def beam_search(
     active = torch.arange(B, device=device)  # (N,) sentence ids
     scores = torch.zeros(B, 1, device=device)  # (N, k) raw cumulative log-probs
     tokens = torch.zeros(B, 1, 0, dtype=torch.long, device=device)  # (N, k, t) outputs
-    last = torch.full((B,), BOS_ID, dtype=torch.long, device=device)  # (N*k,)
+    last = torch.full((B,), BOS, dtype=torch.long, device=device)  # (N*k,)
     step = 0
     while active.numel() > 0:
         step += 1  # output length (EOS included) of a hypothesis finishing now
@@ -214,13 +213,13 @@ def beam_search(
         lprobs = stepper.step(last).view(N, k, -1)  # (N, k, V)
         V = lprobs.size(-1)
         forced = max_len[active] <= step  # (N,) EOS forced at max_len
-        lprobs[forced, :, :EOS_ID] = -math.inf
-        lprobs[forced, :, EOS_ID + 1 :] = -math.inf
+        lprobs[forced, :, :EOS] = -math.inf
+        lprobs[forced, :, EOS + 1 :] = -math.inf
         cand = (scores.unsqueeze(2) + lprobs).view(N, k * V)  # (N, k*V)
         n_cand = min(2 * K, k * V)
         values, flat = cand.topk(n_cand, dim=1)  # (N, 2K), best first
         origin, token = flat // V, flat % V  # beam of origin, next token
-        is_eos = token.eq(EOS_ID)
+        is_eos = token.eq(EOS)
 
         # 2. EOS within the top K finishes a hypothesis (and must be a real, finite one).
         accept = is_eos & torch.isfinite(values)

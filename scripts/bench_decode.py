@@ -30,13 +30,20 @@ from pathlib import Path
 
 import torch
 
-from nmt.config import DataConfig, DecodeConfig, compose
-from nmt.device import describe_hardware, resolve_device, synchronize
+from nmt.config import (
+    ConfigError,
+    DataConfig,
+    DecodeConfig,
+    compose,
+    decode_settings,
+    training_presets,
+)
+from nmt.decoding import translate_ids
 from nmt.model import build_model
-from nmt.search import EOS_ID
-from nmt.translate import read_lines, translate_ids, write_text_atomic
+from nmt.runtime import describe_hardware, resolve_device, synchronize
+from nmt.special_ids import EOS
+from nmt.textio import read_lines, write_text_atomic
 
-ENCODINGS = ("absolute", "learned", "relative", "relative_keys", "combined", "rotary", "none")
 DEFAULT_INPUTS = ("wmt14/newstest2014.en", "multi30k/test_2016_flickr.en.gz")
 WARMUP_SENTENCES = 4
 
@@ -49,13 +56,23 @@ def default_inputs() -> list[Path]:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     d = DecodeConfig()
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("overrides", nargs="*", help="config overrides, e.g. model=base")
-    p.add_argument("--input", type=Path, action="append",
-                   help="source text, .gz allowed; repeat for several (default: $NMT_DATA_DIR/"
-                   + " and ".join(DEFAULT_INPUTS) + ")")
+    p.add_argument(
+        "--input",
+        type=Path,
+        action="append",
+        help="source text, .gz allowed; repeat for several (default: $NMT_DATA_DIR/"
+        + " and ".join(DEFAULT_INPUTS)
+        + ")",
+    )
     p.add_argument("--limit", type=int, default=0, help="decode only the first N non-empty lines")
-    p.add_argument("--encodings", default=",".join(ENCODINGS), help="comma-separated")
+    p.add_argument(
+        "--encodings", default=",".join(training_presets()),
+        help="comma-separated presets (default: every preset that trains a different model)",
+    )
     p.add_argument("--checkpoint", help="use this model and vocabulary instead (one encoding)")
     p.add_argument("--vocab-size", type=int, default=DataConfig().vocab_size)
     p.add_argument("--beam", type=int, default=d.beam)
@@ -67,7 +84,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out-dir", type=Path, default=Path("results"), help="default ./results")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    try:
+        args.settings = decode_settings(
+            None,
+            beam=args.beam,
+            alpha=args.alpha,
+            max_len_a=args.max_len_a,
+            max_len_b=args.max_len_b,
+            max_tokens=args.max_tokens,
+        )
+    except ConfigError as err:
+        p.error(str(err))
+    return args
 
 
 def train_vocab(lines: list[str], size: int):
@@ -82,10 +111,7 @@ def train_vocab(lines: list[str], size: int):
 def timed(model, src_ids, args, device, use_cache: bool):
     synchronize(device)
     start = time.perf_counter()
-    out = translate_ids(
-        model, src_ids, beam=args.beam, alpha=args.alpha, max_len_a=args.max_len_a,
-        max_len_b=args.max_len_b, max_tokens=args.max_tokens, device=device, use_cache=use_cache,
-    )
+    out = translate_ids(model, src_ids, args.settings, device=device, use_cache=use_cache)
     synchronize(device)
     return out, time.perf_counter() - start
 
@@ -103,7 +129,9 @@ def modes_must_agree(cfg) -> bool:
     return not (dynamic and cfg.model.decoder_layers > 1)
 
 
-def bench_one(corpus: str, name: str, model, src_ids, args, device, must_agree: bool = True) -> dict:
+def bench_one(
+    corpus: str, name: str, model, src_ids, args, device, must_agree: bool = True
+) -> dict:
     model.to(device).eval()
     for use_cache in (True, False):  # kernels, allocator and position tables warm for both
         timed(model, src_ids[:WARMUP_SENTENCES], args, device, use_cache)
@@ -115,36 +143,48 @@ def bench_one(corpus: str, name: str, model, src_ids, args, device, must_agree: 
     tokens = sum(len(h[0].tokens) + 1 for h in cached)  # output tokens incl. EOS
     n = len(src_ids)
     row = {
-        "corpus": corpus, "encoding": name, "sentences": n, "output_tokens": tokens, "identical": same,
+        "corpus": corpus,
+        "encoding": name,
+        "sentences": n,
+        "output_tokens": tokens,
+        "identical": same,
         "must_agree": must_agree,
-        "cache_seconds": round(t_cache, 3), "full_seconds": round(t_full, 3),
-        "cache_sent_per_s": round(n / t_cache, 2), "full_sent_per_s": round(n / t_full, 2),
-        "cache_tok_per_s": round(tokens / t_cache, 1), "full_tok_per_s": round(tokens / t_full, 1),
+        "cache_seconds": round(t_cache, 3),
+        "full_seconds": round(t_full, 3),
+        "cache_sent_per_s": round(n / t_cache, 2),
+        "full_sent_per_s": round(n / t_full, 2),
+        "cache_tok_per_s": round(tokens / t_cache, 1),
+        "full_tok_per_s": round(tokens / t_full, 1),
         "speedup": round(t_full / t_cache, 2),
     }
     print(
-        f"{corpus} {name:>13}: cache {t_cache:7.1f} s, full prefix {t_full:7.1f} s, x{row['speedup']:.2f}, "
-        f"identical {same}/{n}{'' if must_agree else ' (need not be: dynamic rotary scaling)'}", file=sys.stderr,
+        f"{corpus} {name:>13}: cache {t_cache:7.1f} s, full prefix {t_full:7.1f} s, "
+        f"x{row['speedup']:.2f}, "
+        f"identical {same}/{n}{'' if must_agree else ' (need not be: dynamic rotary scaling)'}",
+        file=sys.stderr,
     )
     return row
 
 
 def markdown(rows: list[dict]) -> str:
     lines = [
-        "| corpus | encoding | sentences | identical | cache sent/s | cache tok/s | full-prefix sent/s "
-        "| full-prefix tok/s | speed-up |",
+        "| corpus | encoding | sentences | identical | cache sent/s | cache tok/s "
+        "| full-prefix sent/s | full-prefix tok/s | speed-up |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['corpus']} | {r['encoding']} | {r['sentences']} | {r['identical']}/{r['sentences']}"
-            f"{'' if r.get('must_agree', True) else ' (a)'} "
-            f"| {r['cache_sent_per_s']:.2f} | {r['cache_tok_per_s']:.0f} | {r['full_sent_per_s']:.2f} "
-            f"| {r['full_tok_per_s']:.0f} | {r['speedup']:.2f}x |"
+            f"| {r['corpus']} | {r['encoding']} | {r['sentences']} "
+            f"| {r['identical']}/{r['sentences']}{'' if r.get('must_agree', True) else ' (a)'} "
+            f"| {r['cache_sent_per_s']:.2f} | {r['cache_tok_per_s']:.0f} "
+            f"| {r['full_sent_per_s']:.2f} | {r['full_tok_per_s']:.0f} | {r['speedup']:.2f}x |"
         )
     if not all(r.get("must_agree", True) for r in rows):
-        lines += ["", "(a) need not match: dynamic rotary scaling with more than one decoder layer "
-                  "(see `modes_must_agree`)."]
+        lines += [
+            "",
+            "(a) need not match: dynamic rotary scaling with more than one decoder layer "
+            "(see `modes_must_agree`).",
+        ]
     return "\n".join(lines)
 
 
@@ -152,10 +192,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     sources = args.input or default_inputs()
     if not sources:
-        sys.exit("bench_decode: give --input FILE, or set NMT_DATA_DIR to the directory holding wmt14/")
+        sys.exit(
+            "bench_decode: give --input FILE, or set NMT_DATA_DIR to the directory holding wmt14/"
+        )
     missing = [str(s) for s in sources if not s.is_file()]
     if missing:
-        sys.exit(f"bench_decode: {', '.join(missing)} does not exist (give --input FILE or fix NMT_DATA_DIR)")
+        sys.exit(
+            f"bench_decode: {', '.join(missing)} does not exist "
+            "(give --input FILE or fix NMT_DATA_DIR)"
+        )
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
@@ -175,36 +220,59 @@ def main(argv: list[str] | None = None) -> int:
 
             return build
 
-        configs = {e: compose([*args.overrides, f"encoding={e}"]) for e in args.encodings.split(",")}
+        configs = {
+            e: compose([*args.overrides, f"encoding={e}"]) for e in args.encodings.split(",")
+        }
         models = [(e, make(cfg), modes_must_agree(cfg)) for e, cfg in configs.items()]
     rows, meta = [], []
     for source, lines in texts.items():
-        corpus_rows, corpus_meta = bench_corpus(source.name.removesuffix(".gz"), lines, vocab, models, args, device)
+        corpus_rows, corpus_meta = bench_corpus(
+            source.name.removesuffix(".gz"), lines, vocab, models, args, device
+        )
         rows += corpus_rows
         meta.append(corpus_meta)
     table = markdown(rows)
     print(table)
     run = {
-        "inputs": meta, "overrides": args.overrides, "beam": args.beam, "alpha": args.alpha,
-        "max_len_a": args.max_len_a, "max_len_b": args.max_len_b, "max_tokens": args.max_tokens,
-        "device": str(device), "hardware": describe_hardware(device), "torch": torch.__version__,
+        "inputs": meta,
+        "overrides": args.overrides,
+        "beam": args.beam,
+        "alpha": args.alpha,
+        "max_len_a": args.max_len_a,
+        "max_len_b": args.max_len_b,
+        "max_tokens": args.max_tokens,
+        "device": str(device),
+        "hardware": describe_hardware(device),
+        "torch": torch.__version__,
         "checkpoint": args.checkpoint,
     }
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    header = (f"Beam {args.beam}, alpha {args.alpha}, max_len {args.max_len_a} * src + {args.max_len_b}, "
-              f"{run['hardware']}, torch {torch.__version__}, overrides: {' '.join(args.overrides) or '(defaults)'}. "
-              + "; ".join(f"{m['input']}: {m['sentences']} sentences, {m['source_tokens'] / m['sentences']:.1f} "
-                          "source subwords on average" for m in meta) + ".")
+    header = (
+        f"Beam {args.beam}, alpha {args.alpha}, "
+        f"max_len {args.max_len_a} * src + {args.max_len_b}, "
+        f"{run['hardware']}, torch {torch.__version__}, "
+        f"overrides: {' '.join(args.overrides) or '(defaults)'}. "
+        + "; ".join(
+            f"{m['input']}: {m['sentences']} sentences, {m['source_tokens'] / m['sentences']:.1f} "
+            "source subwords on average"
+            for m in meta
+        )
+        + "."
+    )
     write_text_atomic(args.out_dir / "bench_decode.md", [header, "", table])
-    write_text_atomic(args.out_dir / "bench_decode.json", [json.dumps({"meta": run, "rows": rows}, indent=2)])
+    write_text_atomic(
+        args.out_dir / "bench_decode.json", [json.dumps({"meta": run, "rows": rows}, indent=2)]
+    )
     print(f"wrote {args.out_dir / 'bench_decode.md'} and .json", file=sys.stderr)
     return 0 if all(r["identical"] == r["sentences"] for r in rows if r["must_agree"]) else 1
 
 
-def bench_corpus(corpus: str, lines: list[str], vocab, models, args, device) -> tuple[list[dict], dict]:
+def bench_corpus(
+    corpus: str, lines: list[str], vocab, models, args, device
+) -> tuple[list[dict], dict]:
     """Every model, cached and full prefix, on the first --limit lines of one corpus."""
     bench_lines = lines[: args.limit] if args.limit > 0 else lines
-    src_ids = [[*vocab.encode(line), EOS_ID] for line in bench_lines]
+    src_ids = [[*vocab.encode(line), EOS] for line in bench_lines]
     src_tokens = sum(len(s) for s in src_ids)
     print(
         f"{len(src_ids)} sentences, {src_tokens / len(src_ids):.1f} source subwords on average, "
@@ -212,8 +280,16 @@ def bench_corpus(corpus: str, lines: list[str], vocab, models, args, device) -> 
         f"{torch.get_num_threads()} threads",
         file=sys.stderr,
     )
-    rows = [bench_one(corpus, name, build(), src_ids, args, device, agree) for name, build, agree in models]
-    meta = {"input": corpus, "sentences": len(src_ids), "source_tokens": src_tokens, "vocab_size": vocab.size}
+    rows = [
+        bench_one(corpus, name, build(), src_ids, args, device, agree)
+        for name, build, agree in models
+    ]
+    meta = {
+        "input": corpus,
+        "sentences": len(src_ids),
+        "source_tokens": src_tokens,
+        "vocab_size": vocab.size,
+    }
     return rows, meta
 
 

@@ -24,7 +24,6 @@ from pathlib import Path
 
 import torch
 
-ENCODINGS = ["absolute", "relative", "relative_keys", "combined", "rotary", "none"]
 LENGTHS = [64, 128, 256, 512, 1024, 2048]
 
 
@@ -41,7 +40,7 @@ def _naive_relative_attention(attn, x: torch.Tensor) -> torch.Tensor:
     q, k, v = (p(x).view(B, N, H, d).transpose(1, 2) for p in (attn.q_proj, attn.k_proj, attn.v_proj))
     index = pos.bucket_index(0, N, N, x.device)
     a_k, a_v = pos.edge_keys[:, index], pos.edge_values[:, index]  # (H, N, N, d)
-    scores = (q @ k.transpose(-1, -2) + torch.einsum("bhid,hijd->bhij", q, a_k)) * attn.scale
+    scores = (q @ k.transpose(-1, -2) + torch.einsum("bhid,hijd->bhij", q, a_k)) * pos.scale
     w = scores.softmax(-1)
     out = w @ v + torch.einsum("bhij,hijd->bhid", w, a_v)  # (B, H, N, d)
     return attn.out_proj(out.transpose(1, 2).reshape(B, N, D))
@@ -54,7 +53,7 @@ def measure(encoding: str, length: int, model: str = "base", part: str = "layer"
     """MiB above the pre-pass level at the peak of one layer's (or only its self-attention's)
     forward + backward."""
     from nmt.config import compose
-    from nmt.encodings import build_attention_positions, build_input_positions
+    from nmt.encodings import AttentionShape, build_attention_positions, build_input_positions
     from nmt.model import EncoderLayer
 
     naive = encoding == "naive"
@@ -63,7 +62,8 @@ def measure(encoding: str, length: int, model: str = "base", part: str = "layer"
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(0)
     torch.set_num_threads(1)
-    layer = EncoderLayer(m, build_attention_positions(cfg.encoding, m.heads, m.d_model // m.heads))
+    shape = AttentionShape(m.heads, m.d_model // m.heads, layers=1, causal=False)
+    layer = EncoderLayer(m, next(build_attention_positions(cfg.encoding, shape)))
     inputs = build_input_positions(cfg.encoding, m.d_model)
     layer, inputs = layer.to(device).train(), inputs.to(device) if inputs is not None else None
     if naive:
@@ -127,7 +127,10 @@ def write_plot(results: dict[str, dict[int, float]], path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--encodings", default=",".join(ENCODINGS))
+    parser.add_argument(
+        "--encodings", help="comma-separated presets (default: every preset that trains a "
+        "different model, nmt.config.training_presets)",
+    )
     parser.add_argument("--lengths", default=",".join(map(str, LENGTHS)))
     parser.add_argument("--model", default="base")
     parser.add_argument("--part", choices=PARTS, default="layer",
@@ -142,7 +145,13 @@ def main() -> None:
         return
 
     lengths = [int(n) for n in args.lengths.split(",")]
-    names = args.encodings.split(",") + (["naive"] if args.naive_max_len else [])
+    if args.encodings:
+        names = args.encodings.split(",")
+    else:
+        from nmt.config import training_presets
+
+        names = list(training_presets())
+    names += ["naive"] if args.naive_max_len else []
     results: dict[str, dict[int, float]] = {}
     for name in names:
         for n in lengths:

@@ -32,30 +32,22 @@ from pathlib import Path
 
 import torch
 
-from nmt.config import compose, validate
+from nmt.config import compose, encoding_presets, training_presets, validate
 from nmt.data import EncodedSplit, prepare_data, train_vocabulary
 from nmt.data.batching import collate, split_batches
-from nmt.device import (
+from nmt.model import build_model, parameter_counts
+from nmt.objective import label_smoothed_loss
+from nmt.runtime import (
     autocast,
     describe_hardware,
     keep_freed_cpu_memory,
     resolve_device,
     synchronize,
 )
-from nmt.model import build_model, parameter_counts
-from nmt.train import label_smoothed_loss
 
-VARIANTS = {
-    "absolute": ["encoding=absolute"],
-    "relative": ["encoding=relative"],
-    "relative_keys": ["encoding=relative_keys"],
-    "combined": ["encoding=combined"],
-    "rotary": ["encoding=rotary"],
-    "none": ["encoding=none"],
-}
-
-
-def matmul_peak_flops(device: torch.device, dtype: torch.dtype, size: int = 2048, repeats: int = 5) -> float:
+def matmul_peak_flops(
+    device: torch.device, dtype: torch.dtype, size: int = 2048, repeats: int = 5
+) -> float:
     """Best FLOP/s of a square matmul in `dtype` on this device and thread count."""
     a, b = (torch.randn(size, size, device=device, dtype=dtype) for _ in range(2))
     a @ b
@@ -76,7 +68,8 @@ def training_flops(cfg, counts: dict[str, int], batch) -> float:
     B, S = batch.src.shape
     T, d = batch.tgt_in.size(1), cfg.model.d_model
     dense = 6 * (counts["encoder"] * B * S + (counts["decoder"] + counts["embeddings"]) * B * T)
-    attn = 3 * 4 * B * d * (cfg.model.encoder_layers * S * S + cfg.model.decoder_layers * (T * T + T * S))
+    layers = cfg.model.encoder_layers * S * S + cfg.model.decoder_layers * (T * T + T * S)
+    attn = 3 * 4 * B * d * layers
     return dense + attn
 
 
@@ -86,7 +79,8 @@ def round_ratios(times: dict[str, list[float]], ref: str, name: str) -> list[flo
 
 
 def newstest_split(data_dir: Path, vocab_size: int, work: Path) -> tuple[EncodedSplit, int]:
-    """newstest2014 EN-DE as a split, with a SentencePiece model trained on it; (split, vocab size)."""
+    """newstest2014 EN-DE as a split, with a SentencePiece model trained on it; (split, vocab
+    size)."""
     en = (data_dir / "wmt14" / "newstest2014.en").read_text(encoding="utf-8").splitlines()
     de = (data_dir / "wmt14" / "newstest2014.de").read_text(encoding="utf-8").splitlines()
     vocab = train_vocabulary(en + de, work / "spm.model", vocab_size=vocab_size)
@@ -96,7 +90,10 @@ def newstest_split(data_dir: Path, vocab_size: int, work: Path) -> tuple[Encoded
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. model=small")
-    parser.add_argument("--encodings", default=",".join(VARIANTS))
+    parser.add_argument(
+        "--encodings", default=",".join(training_presets()),
+        help="comma-separated presets (default: every preset that trains a different model)",
+    )
     parser.add_argument("--corpus", default="multi30k,newstest")
     parser.add_argument("--max-tokens", type=int, default=4096)
     parser.add_argument("--batches", type=int, default=4, help="batches per round (same for all)")
@@ -114,9 +111,10 @@ def main() -> None:
         sys.exit("bench_train: set NMT_DATA_DIR to the directory holding multi30k/ and wmt14/")
     data_dir = Path(os.environ["NMT_DATA_DIR"])
     names = args.encodings.split(",")
-    unknown = [n for n in names if n not in VARIANTS]
+    unknown = [n for n in names if n not in encoding_presets()]
     if unknown:
-        sys.exit(f"bench_train: unknown encoding {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
+        sys.exit(f"bench_train: unknown encoding {', '.join(unknown)}; "
+                 f"choose from {', '.join(encoding_presets())}")
     device = resolve_device(args.device)
     # As nmt-train does (train.malloc_keep_mib); pass train.malloc_keep_mib=0 for glibc's defaults.
     base = compose(args.overrides)
@@ -139,7 +137,7 @@ def main() -> None:
         models = {}
         for name in names:
             torch.manual_seed(0)
-            cfg = compose([*args.overrides, *VARIANTS[name]])
+            cfg = compose([*args.overrides, f"encoding={name}"])
             model = build_model(cfg, vocab_size).to(device).train()
             optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
             models[name] = (cfg, model, optimizer, parameter_counts(model))
@@ -161,14 +159,16 @@ def main() -> None:
                 if round_ >= args.warmup:
                     times[name].append(time.perf_counter() - start)
             print(f"{corpus}: round {round_ + 1}/{args.warmup + args.rounds}"
-                  f"{' (warm-up)' if round_ < args.warmup else ''}, {time.perf_counter() - started:.0f} s",
+                  f"{' (warm-up)' if round_ < args.warmup else ''}, "
+                  f"{time.perf_counter() - started:.0f} s",
                   file=sys.stderr, flush=True)
         tokens = sum(b.tgt_tokens for b in batches)
 
         for name in names:
             cfg, _, _, counts = models[name]
             flops = sum(training_flops(cfg, counts, b) for b in batches)
-            to_abs, to_rel = round_ratios(times, "absolute", name), round_ratios(times, "relative", name)
+            to_abs = round_ratios(times, "absolute", name)
+            to_rel = round_ratios(times, "relative", name)
             median = statistics.median(times[name])
             rows.append({
                 "corpus": corpus, "encoding": name, "tokens_per_s": tokens / median,
@@ -183,11 +183,13 @@ def main() -> None:
     lines = [
         f"{describe_hardware(device)}, torch {torch.__version__}, {args.precision}; "
         f"{args.precision} matmul peak {peak / 1e9:,.0f} GFLOP/s; overrides: "
-        f"{' '.join(args.overrides) or '(defaults)'}; {args.batches} batches of <= {args.max_tokens} "
+        f"{' '.join(args.overrides) or '(defaults)'}; {args.batches} batches of <= "
+        f"{args.max_tokens} "
         f"padded tokens per round, {args.warmup} warm-up + {args.rounds} timed rounds"
         f"{'; glibc keeps freed blocks' if keeps_freed else ''}.",
         "",
-        "| corpus | encoding | target tokens/s | ratio to absolute (min-max) | ratio to relative | MFU |",
+        "| corpus | encoding | target tokens/s | ratio to absolute (min-max) "
+        "| ratio to relative | MFU |",
         "|---|---|---:|---:|---:|---:|",
     ]
 
@@ -196,14 +198,16 @@ def main() -> None:
 
     for r in rows:
         spread = r["ratio_to_absolute_range"]
-        ratio = fmt(r["ratio_to_absolute"]) + (f" ({spread[0]:.3f}-{spread[1]:.3f})" if spread else "")
+        ratio = fmt(r["ratio_to_absolute"])
+        ratio += f" ({spread[0]:.3f}-{spread[1]:.3f})" if spread else ""
         lines.append(f"| {r['corpus']} | {r['encoding']} | {r['tokens_per_s']:,.0f} | {ratio} "
                      f"| {fmt(r['ratio_to_relative'])} | {r['mfu']:.1%} |")
     table = "\n".join(lines)
     print(table)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     (args.out_dir / "bench_train.md").write_text(table + "\n")
-    meta = {"hardware": describe_hardware(device), "torch": torch.__version__, "precision": args.precision,
+    meta = {"hardware": describe_hardware(device), "torch": torch.__version__,
+            "precision": args.precision,
             "overrides": args.overrides, "batches": args.batches, "max_tokens": args.max_tokens,
             "warmup": args.warmup, "rounds": args.rounds, "malloc_keeps_freed": keeps_freed}
     (args.out_dir / "bench_train.json").write_text(

@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from nmt.average import main
 from nmt.checkpoint import (
     CheckpointError,
     average_checkpoints,
     load_checkpoint,
-    main,
     numbered_checkpoints,
     save_checkpoint,
 )
@@ -25,10 +25,16 @@ def write(path: Path, *overrides: str, seed: int = 0, fingerprint: str = "v1") -
     torch.manual_seed(seed)
     cfg = compose(["model=tiny", *overrides])
     model = build_model(cfg, VOCAB)
-    save_checkpoint(path, {
-        "model": model.state_dict(), "config": to_container(cfg), "vocab_model": b"spm",
-        "vocab_fingerprint": fingerprint, "step": seed,
-    })
+    save_checkpoint(
+        path,
+        {
+            "model": model.state_dict(),
+            "config": to_container(cfg),
+            "vocab_model": b"spm",
+            "vocab_fingerprint": fingerprint,
+            "step": seed,
+        },
+    )
     return path
 
 
@@ -75,7 +81,8 @@ def test_dropout_may_differ_but_the_vocabulary_may_not(tmp_path) -> None:
     a = write(tmp_path / "a.pt")
     average_checkpoints([a, write(tmp_path / "b.pt", "model.dropout=0.3", seed=1)])
     # neither the initialisation nor an unused learned-table size changes the parameters
-    average_checkpoints([a, write(tmp_path / "d.pt", "model.init_std=0.02", "encoding.max_len=256", seed=2)])
+    d = write(tmp_path / "d.pt", "model.init_std=0.02", "encoding.max_len=256", seed=2)
+    average_checkpoints([a, d])
     with pytest.raises(CheckpointError, match="different vocabularies"):
         average_checkpoints([a, write(tmp_path / "c.pt", fingerprint="v2")])
 
@@ -89,7 +96,9 @@ def test_nmt_average_takes_the_last_n_numbered_checkpoints_in_step_order(tmp_pat
     for step in (2, 9, 10):
         write(tmp_path / f"checkpoint_{step}.pt", seed=step)
     assert [p.name for p in numbered_checkpoints(tmp_path)] == [
-        "checkpoint_2.pt", "checkpoint_9.pt", "checkpoint_10.pt",
+        "checkpoint_2.pt",
+        "checkpoint_9.pt",
+        "checkpoint_10.pt",
     ]
     out = tmp_path / "avg.pt"
     assert main(["--run", str(tmp_path), "--last", "2", "-o", str(out)]) == 0

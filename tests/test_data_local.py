@@ -254,7 +254,7 @@ def test_training_files_of_different_lengths_count_whole_files(corpus, tmp_path,
 
 
 def test_a_file_of_only_a_byte_order_mark_has_no_lines(tmp_path):
-    from nmt.data.corpora import iter_lines
+    from nmt.textio import iter_lines
 
     (tmp_path / "bom").write_bytes(b"\xef\xbb\xbf")
     (tmp_path / "bom-newline").write_bytes(b"\xef\xbb\xbf\n")

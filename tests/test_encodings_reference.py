@@ -13,8 +13,10 @@ import torch
 from omegaconf import OmegaConf
 
 from nmt.attention import MultiHeadAttention
-from nmt.config import ConfigError
-from nmt.encodings import RelativePositionBias, RotaryPositions, SinusoidalPositions
+from nmt.config import ConfigError, complete_encoding
+from nmt.encodings.relative import RelativePositionBias
+from nmt.encodings.rotary import RotaryPositions
+from nmt.encodings.sinusoidal import SinusoidalPositions
 from nmt.model import build_model
 
 TOL = 1e-6
@@ -31,7 +33,8 @@ def make_cfg(encoding: str, **enc) -> OmegaConf:
         rotary_base=10000.0, rotary_scaling="none", rotary_factor=1.0, rotary_train_len=0,
     )
     encoding_cfg.update(enc)
-    return OmegaConf.create({"model": model, "encoding": encoding_cfg})
+    # A config as older versions wrote it (no input / attention keys): completed from the preset.
+    return OmegaConf.create({"model": model, "encoding": complete_encoding(encoding_cfg)})
 
 
 # ---------------------------------------------------------------------------------------
@@ -201,14 +204,15 @@ def test_relative_index_sign_and_clipping() -> None:
 
 
 def test_asymmetric_key_table_gives_asymmetric_bias() -> None:
-    # With q = 1 and E_K[r] = r, the bias at (i, j) must be d * (clip(j - i) + k).
+    # With q = 1 and E_K[r] = r, the bias at (i, j) must be d * (clip(j - i) + k) / sqrt(d):
+    # the encoding returns its term in logit units, scaled like the content term (eq. 4).
     rel = RelativePositionBias(heads=1, d_head=2, k=2, keys=True, values=False, share_heads=True)
     with torch.no_grad():
         rel.edge_keys.copy_(torch.arange(5.0).unsqueeze(1).expand(5, 2))
     bias = rel.score_bias(torch.ones(1, 1, 5, 2), 0, 5)[0, 0]
     for i in range(5):
         for j in range(5):
-            assert bias[i, j].item() == 2 * (max(-2, min(2, j - i)) + 2)
+            assert bias[i, j].item() == pytest.approx(2 * (max(-2, min(2, j - i)) + 2) / math.sqrt(2))
 
 
 def test_rotary_scaling_applies_at_evaluation_only() -> None:

@@ -12,9 +12,11 @@ import pytest
 import yaml
 
 from nmt.report import report
+from nmt.results import MEASURES, measures
 
 
-def fake_run(root: Path, name: str, k: int, seed: int, test_bleu: float | None, failed: bool = False,
+def fake_run(root: Path, name: str, k: int, seed: int, test_bleu: float | None,
+             failed: bool = False,
              train: dict | None = None, encoding: str = "relative"):
     run = root / name
     (run / ".hydra").mkdir(parents=True)
@@ -27,11 +29,13 @@ def fake_run(root: Path, name: str, k: int, seed: int, test_bleu: float | None, 
     }
     (run / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
     if failed:
-        (run / "failed.json").write_text(json.dumps({"error": "TrainingError: the loss became nan"}))
+        failure = {"error": "TrainingError: the loss became nan"}
+        (run / "failed.json").write_text(json.dumps(failure))
     elif test_bleu is None:
         (run / "metrics.jsonl").write_text(json.dumps({"split": "train", "step": 40}) + "\n")
     else:
-        by_length = [{"bucket": "1-10", "bleu": test_bleu + 1}, {"bucket": "11-20", "bleu": test_bleu - 1}]
+        by_length = [{"bucket": "1-10", "bleu": test_bleu + 1},
+                     {"bucket": "11-20", "bleu": test_bleu - 1}]
         results = {
             "valid": {"bleu": test_bleu + 0.5, "chrf": 50.0},
             "test": {"bleu": test_bleu, "chrf": 60.0, "by_length": by_length},
@@ -88,6 +92,13 @@ def test_options_an_encoding_does_not_use_define_no_row(tmp_path) -> None:
     assert "| — | absolute |" in (tmp_path / "r" / "report.md").read_text()
 
 
+def test_measures_missing_from_a_results_record_are_none() -> None:
+    got = measures({"test": {"bleu": 30.0}, "valid": None, "steps": 100})
+    assert list(got) == list(MEASURES)
+    assert got["test_bleu"] == 30.0 and got["steps"] == 100
+    assert got["valid_bleu"] is None and got["test_chrf"] is None and got["parameters"] is None
+
+
 def test_report_command_names_a_missing_directory(tmp_path) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "nmt.report", str(tmp_path / "nope")], capture_output=True, text=True
@@ -111,9 +122,11 @@ def test_toy_k_sweep_through_hydra_multirun_and_nmt_report(tmp_path) -> None:
     assert [p.parent.parent for p in sweep.rglob("results.json")] == [sweep] * 3
     proc = subprocess.run(["nmt-report", str(sweep)], capture_output=True, text=True, check=True)
     main_table, length_table = proc.stdout.split("Test BLEU by source length")[:2]
-    rows = [line for line in main_table.splitlines() if line.startswith("| ") and "BLEU" not in line]
+    rows = [line for line in main_table.splitlines()
+            if line.startswith("| ") and "BLEU" not in line]
     assert [row.split("|")[1].strip() for row in rows] == ["0", "2", "16"]
-    by_length = [line for line in length_table.splitlines() if line.startswith("| ") and "1-10" not in line]
+    by_length = [line for line in length_table.splitlines()
+                 if line.startswith("| ") and "1-10" not in line]
     assert [row.split("|")[1].strip() for row in by_length] == ["0", "2", "16"]
     for row in rows:
         cells = [c.strip() for c in row.split("|")[2:5]]  # valid BLEU, test BLEU, test chrF

@@ -8,11 +8,10 @@ import pytest
 import torch
 from torch import Tensor
 
-from nmt.config import compose
+from nmt.config import DecodeConfig, compose, training_presets
+from nmt.data.vocab import BOS, EOS
 from nmt.model import build_model
 from nmt.search import (
-    BOS_ID,
-    EOS_ID,
     Hypothesis,
     beam_search,
     greedy_search,
@@ -20,7 +19,7 @@ from nmt.search import (
     max_output_lengths,
 )
 
-ENCODINGS = ["absolute", "learned", "relative", "combined", "rotary", "none"]
+ENCODINGS = list(training_presets())  # every preset that trains a different model
 
 # ---------------------------------------------------------------------------------------------
 # A "model" whose next-token probabilities are written by hand (fairseq's test pattern, keyed
@@ -28,6 +27,7 @@ ENCODINGS = ["absolute", "learned", "relative", "combined", "rotary", "none"]
 
 A, B, C = 4, 5, 6  # three words; 0-3 are PAD, UNK, BOS, EOS
 VOCAB = 8
+UP_TO_12 = {"max_len_a": 0, "max_len_b": 12}  # outputs of up to 12 tokens, whatever the source
 
 
 class TableCache:
@@ -64,7 +64,7 @@ class TableModel:
 
     def sequence_log_prob(self, tokens: list[int]) -> float:
         """log P(tokens + EOS)."""
-        seq = [*tokens, EOS_ID]
+        seq = [*tokens, EOS]
         return sum(self.log_prob(tuple(seq[:t]), seq[t]) for t in range(len(seq)))
 
     def _row(self, prefix: tuple[int, ...]) -> Tensor:
@@ -79,17 +79,18 @@ class TableModel:
     def decode_step(self, tokens: Tensor, cache: TableCache) -> Tensor:
         self.steps += 1
         if cache.prefixes is None:
-            assert bool(tokens.eq(BOS_ID).all())
+            assert bool(tokens.eq(BOS).all())
             cache.prefixes = [() for _ in range(tokens.numel())]
         else:
-            cache.prefixes = [
-                (*p, t) for p, t in zip(cache.prefixes, tokens.tolist(), strict=True)
-            ]
+            cache.prefixes = [(*p, t) for p, t in zip(cache.prefixes, tokens.tolist(), strict=True)]
         return torch.stack([self._row(p) for p in cache.prefixes])
 
     def decode(self, tgt_in: Tensor, memory: Tensor, pad_mask: Tensor) -> Tensor:
         return torch.stack(
-            [torch.stack([self._row(tuple(s[1:t])) for t in range(1, len(s) + 1)]) for s in tgt_in.tolist()]
+            [
+                torch.stack([self._row(tuple(s[1:t])) for t in range(1, len(s) + 1)])
+                for s in tgt_in.tolist()
+            ]
         )
 
 
@@ -98,16 +99,16 @@ def src_of(*lengths: int) -> Tensor:
     out = torch.zeros(len(lengths), max(lengths), dtype=torch.long)
     for i, n in enumerate(lengths):
         out[i, : n - 1] = A
-        out[i, n - 1] = EOS_ID
+        out[i, n - 1] = EOS
     return out
 
 
 def long_or_short() -> TableModel:
     """'A' is the likelier sentence, but 'B' * 9 wins once the GNMT penalty rewards length."""
-    table: dict[tuple[int, ...], dict[int, float]] = {(): {A: 0.55, B: 0.44}, (A,): {EOS_ID: 0.99}}
+    table: dict[tuple[int, ...], dict[int, float]] = {(): {A: 0.55, B: 0.44}, (A,): {EOS: 0.99}}
     for n in range(1, 9):
         table[(B,) * n] = {B: 0.99}
-    table[(B,) * 9] = {EOS_ID: 0.99}
+    table[(B,) * 9] = {EOS: 0.99}
     return TableModel(table, default={C: 0.99})  # anything else rambles on
 
 
@@ -118,33 +119,35 @@ def test_alpha_decides_between_a_short_likely_and_a_long_output() -> None:
     assert lp_short > lp_long  # raw log-probability prefers the short one...
     assert lp_long / length_penalty(10, 0.6) > lp_short / length_penalty(2, 0.6)  # ...GNMT not
 
-    raw = beam_search(model, src_of(3), beam=2, alpha=0.0, max_len_a=0, max_len_b=12)[0][0]
+    raw = beam_search(model, src_of(3), DecodeConfig(beam=2, alpha=0.0, **UP_TO_12))[0][0]
     assert raw.tokens == short
     assert raw.log_prob == pytest.approx(lp_short, abs=1e-5)
     assert raw.score == pytest.approx(lp_short, abs=1e-5)  # alpha = 0: score is the log-prob
 
-    gnmt = beam_search(model, src_of(3), beam=2, alpha=0.6, max_len_a=0, max_len_b=12)[0][0]
+    gnmt = beam_search(model, src_of(3), DecodeConfig(beam=2, alpha=0.6, **UP_TO_12))[0][0]
     assert gnmt.tokens == long
     assert gnmt.log_prob == pytest.approx(lp_long, abs=1e-5)
     assert gnmt.score == pytest.approx(lp_long / ((5 + 10) / 6) ** 0.6, abs=1e-5)
 
     # Greedy commits to 'A' at the first step and never sees the long one.
-    assert greedy_search(model, src_of(3), alpha=0.6, max_len_a=0, max_len_b=12)[0][0].tokens == short
+    greedy = greedy_search(model, src_of(3), DecodeConfig(alpha=0.6, **UP_TO_12))[0][0]
+    assert greedy.tokens == short
 
 
 def test_the_bound_stops_a_sentence_as_soon_as_no_live_beam_can_win() -> None:
     # alpha = 0: once 'A EOS' is finished, every live beam is already less likely: stop at step 2.
     model = long_or_short()
-    beam_search(model, src_of(3), beam=2, alpha=0.0, max_len_a=0, max_len_b=12)
+    beam_search(model, src_of(3), DecodeConfig(beam=2, alpha=0.0, **UP_TO_12))
     assert model.steps == 2
     # With the penalty the long beam could still win (bounded with lp(max_len)): search on.
     model = long_or_short()
-    beam_search(model, src_of(3), beam=2, alpha=0.6, max_len_a=0, max_len_b=12)
+    beam_search(model, src_of(3), DecodeConfig(beam=2, alpha=0.6, **UP_TO_12))
     assert model.steps == 10
     # A max_len too short for the long output makes the bound stop the search early:
     # (log P('B B ...') / lp(4) cannot beat 'A EOS' any more.
     model = long_or_short()
-    out = beam_search(model, src_of(3), beam=2, alpha=0.6, max_len_a=0, max_len_b=4)[0][0]
+    short_max_len = DecodeConfig(beam=2, alpha=0.6, max_len_a=0, max_len_b=4)
+    out = beam_search(model, src_of(3), short_max_len)[0][0]
     assert out.tokens == [A] and model.steps == 2
 
 
@@ -154,14 +157,14 @@ def test_finished_hypotheses_filling_the_beam_do_not_stop_a_better_live_one() ->
     # finished) would return 'A C'; here the search goes on while a live beam beats them.
     table: dict[tuple[int, ...], dict[int, float]] = {
         (): {A: 0.55, B: 0.44},
-        (A,): {EOS_ID: 0.5, C: 0.49},
-        (A, C): {EOS_ID: 0.99},
+        (A,): {EOS: 0.5, C: 0.49},
+        (A, C): {EOS: 0.99},
     }
     for n in range(1, 9):
         table[(B,) * n] = {B: 0.99}
-    table[(B,) * 9] = {EOS_ID: 0.99}
+    table[(B,) * 9] = {EOS: 0.99}
     model = TableModel(table, default={C: 0.99})
-    hyps = beam_search(model, src_of(3), beam=2, nbest=2, alpha=0.6, max_len_a=0, max_len_b=12)[0]
+    hyps = beam_search(model, src_of(3), DecodeConfig(beam=2, nbest=2, alpha=0.6, **UP_TO_12))[0]
     assert [h.tokens for h in hyps] == [[B] * 9, [A, C]]
 
 
@@ -170,13 +173,13 @@ def test_eos_outside_the_beam_does_not_finish_so_beam_one_stays_greedy() -> None
     # than the arg-max path 'A B' (log(0.5 * 0.5 * 0.99) / lp(3) = -1.18). Greedy never sees
     # it, and neither may beam 1: EOS finishes a hypothesis only inside the top K.
     model = TableModel(
-        {(): {A: 0.5, EOS_ID: 0.35, B: 0.14}, (A,): {B: 0.5, EOS_ID: 0.45}, (A, B): {EOS_ID: 0.99}},
+        {(): {A: 0.5, EOS: 0.35, B: 0.14}, (A,): {B: 0.5, EOS: 0.45}, (A, B): {EOS: 0.99}},
         default={C: 0.99},
     )
     assert greedy_search(model, src_of(3))[0][0].tokens == [A, B]
-    assert beam_search(model, src_of(3), beam=1)[0][0].tokens == [A, B]
+    assert beam_search(model, src_of(3), DecodeConfig(beam=1))[0][0].tokens == [A, B]
     # A beam of 2 does hold the EOS candidate, and finds the better empty output.
-    assert beam_search(model, src_of(3), beam=2)[0][0].tokens == []
+    assert beam_search(model, src_of(3), DecodeConfig(beam=2))[0][0].tokens == []
 
 
 def test_eos_is_forced_at_max_len_per_sentence() -> None:
@@ -185,7 +188,7 @@ def test_eos_is_forced_at_max_len_per_sentence() -> None:
     max_len = max_output_lengths(src, 1.0, 1)  # a * src_len + b, src_len counts the EOS
     assert max_len.tolist() == [3, 5, 4]
     for search in (greedy_search, beam_search):
-        out = search(model, src, alpha=0.6, max_len_a=1.0, max_len_b=1)
+        out = search(model, src, DecodeConfig(alpha=0.6, max_len_a=1.0, max_len_b=1))
         for hyps, n in zip(out, max_len.tolist(), strict=True):
             best = hyps[0]
             assert best.tokens == [B] * (n - 1)  # n tokens including the forced EOS
@@ -198,15 +201,15 @@ def test_nbest_lists_are_sorted_and_rescore_exactly() -> None:
     model = TableModel(
         {
             (): {A: 0.5, B: 0.3, C: 0.15},
-            (A,): {EOS_ID: 0.6, B: 0.3},
-            (B,): {EOS_ID: 0.7, A: 0.25},
-            (C,): {EOS_ID: 0.9},
-            (A, B): {EOS_ID: 0.9},
-            (B, A): {EOS_ID: 0.9},
+            (A,): {EOS: 0.6, B: 0.3},
+            (B,): {EOS: 0.7, A: 0.25},
+            (C,): {EOS: 0.9},
+            (A, B): {EOS: 0.9},
+            (B, A): {EOS: 0.9},
         },
-        default={EOS_ID: 0.9},
+        default={EOS: 0.9},
     )
-    hyps = beam_search(model, src_of(3), beam=3, alpha=0.6, nbest=3)[0]
+    hyps = beam_search(model, src_of(3), DecodeConfig(beam=3, alpha=0.6, nbest=3))[0]
     assert len(hyps) == 3
     assert [h.score for h in hyps] == sorted((h.score for h in hyps), reverse=True)
     assert len({tuple(h.tokens) for h in hyps}) == 3
@@ -221,7 +224,7 @@ def test_nbest_lists_are_sorted_and_rescore_exactly() -> None:
 
 def test_nbest_larger_than_beam_is_refused() -> None:
     with pytest.raises(ValueError, match="nbest"):
-        beam_search(long_or_short(), src_of(3), beam=2, nbest=3)
+        beam_search(long_or_short(), src_of(3), DecodeConfig(beam=2, nbest=3))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -239,17 +242,17 @@ def random_sources(n: int, max_len: int = 9, seed: int = 0) -> Tensor:
     for i in range(n):
         length = int(torch.randint(1, max_len, (1,), generator=g))
         src[i, :length] = torch.randint(4, 40, (length,), generator=g)
-        src[i, length] = EOS_ID
+        src[i, length] = EOS
     return src
 
 
 def rescore(model, src: Tensor, hyp: Hypothesis, alpha: float) -> tuple[float, float]:
     """(sum of log-probs incl. EOS, normalised score) from one full teacher-forced pass."""
     memory, pad_mask = model.encode(src.unsqueeze(0))
-    tgt_in = torch.tensor([[BOS_ID, *hyp.tokens]])
+    tgt_in = torch.tensor([[BOS, *hyp.tokens]])
     with torch.no_grad():
         lprobs = model.decode(tgt_in, memory, pad_mask).log_softmax(-1)[0]  # (T, V)
-    gold = torch.tensor([*hyp.tokens, EOS_ID])
+    gold = torch.tensor([*hyp.tokens, EOS])
     total = lprobs.gather(1, gold.unsqueeze(1)).sum().item()
     return total, total / length_penalty(len(gold), alpha)
 
@@ -261,8 +264,8 @@ def as_tokens(results: list[list[Hypothesis]]) -> list[list[list[int]]]:
 @pytest.mark.parametrize("encoding", ENCODINGS)
 def test_beam_one_is_greedy(encoding: str) -> None:
     model, src = tiny(encoding), random_sources(6)
-    greedy = greedy_search(model, src, max_len_b=12)
-    beam = beam_search(model, src, beam=1, max_len_b=12)
+    greedy = greedy_search(model, src, DecodeConfig(max_len_b=12))
+    beam = beam_search(model, src, DecodeConfig(beam=1, max_len_b=12))
     assert as_tokens(beam) == as_tokens(greedy)
     for g, b in zip(greedy, beam, strict=True):
         assert b[0].score == pytest.approx(g[0].score, abs=1e-5)
@@ -272,7 +275,7 @@ def test_beam_one_is_greedy(encoding: str) -> None:
 def test_scores_equal_a_full_forward_rescoring(encoding: str) -> None:
     model, src = tiny(encoding), random_sources(4)
     for alpha in (0.6, 0.0):
-        results = beam_search(model, src, beam=4, nbest=4, alpha=alpha, max_len_b=10)
+        results = beam_search(model, src, DecodeConfig(beam=4, nbest=4, alpha=alpha, max_len_b=10))
         for s, hyps in zip(src, results, strict=True):
             assert len(hyps) == 4
             for h in hyps:
@@ -284,10 +287,11 @@ def test_scores_equal_a_full_forward_rescoring(encoding: str) -> None:
 @pytest.mark.parametrize("encoding", ENCODINGS)
 def test_a_sentence_alone_equals_it_inside_a_batch(encoding: str) -> None:
     model, src = tiny(encoding), random_sources(6)
-    batched = beam_search(model, src, beam=3, nbest=2, max_len_b=10)
+    settings = DecodeConfig(beam=3, nbest=2, max_len_b=10)
+    batched = beam_search(model, src, settings)
     for i in range(len(src)):
         length = int(src[i].ne(0).sum())
-        alone = beam_search(model, src[i : i + 1, :length], beam=3, nbest=2, max_len_b=10)[0]
+        alone = beam_search(model, src[i : i + 1, :length], settings)[0]
         assert [h.tokens for h in alone] == [h.tokens for h in batched[i]]
         assert [h.score for h in alone] == pytest.approx([h.score for h in batched[i]], abs=1e-4)
 
@@ -295,18 +299,26 @@ def test_a_sentence_alone_equals_it_inside_a_batch(encoding: str) -> None:
 @pytest.mark.parametrize("encoding", ["relative", "learned", "rotary"])
 def test_cached_and_recomputed_prefixes_give_the_same_search(encoding: str) -> None:
     model, src = tiny(encoding), random_sources(4)
-    cached = beam_search(model, src, beam=4, nbest=4, max_len_b=8)
-    full = beam_search(model, src, beam=4, nbest=4, max_len_b=8, use_cache=False)
+    cached = beam_search(model, src, DecodeConfig(beam=4, nbest=4, max_len_b=8))
+    full = beam_search(model, src, DecodeConfig(beam=4, nbest=4, max_len_b=8), use_cache=False)
     assert as_tokens(cached) == as_tokens(full)
-    assert as_tokens(greedy_search(model, src, max_len_b=8)) == as_tokens(
-        greedy_search(model, src, max_len_b=8, use_cache=False)
+    assert as_tokens(greedy_search(model, src, DecodeConfig(max_len_b=8))) == as_tokens(
+        greedy_search(model, src, DecodeConfig(max_len_b=8), use_cache=False)
     )
 
 
 def test_learned_positions_cap_the_output_length() -> None:
-    cfg = compose(["model=tiny", "encoding=learned", "encoding.max_len=6", "data.max_len=4", "model.dropout=0.0"])
+    cfg = compose(
+        [
+            "model=tiny",
+            "encoding=learned",
+            "encoding.max_len=6",
+            "data.max_len=4",
+            "model.dropout=0.0",
+        ]
+    )
     model = build_model(cfg, vocab_size=40).eval()
-    out = beam_search(model, random_sources(3, max_len=5), beam=2, max_len_b=50)
+    out = beam_search(model, random_sources(3, max_len=5), DecodeConfig(beam=2, max_len_b=50))
     assert all(len(h[0].tokens) + 1 <= 6 for h in out)
 
 
@@ -319,10 +331,10 @@ TOY_VOCAB = 16
 def reversal_batch(n: int, g: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
     length = int(torch.randint(3, 9, (1,), generator=g))
     x = torch.randint(4, TOY_VOCAB, (n, length), generator=g)
-    src = torch.cat([x, torch.full((n, 1), EOS_ID)], 1)
+    src = torch.cat([x, torch.full((n, 1), EOS)], 1)
     tgt = x.flip(1)
-    tgt_in = torch.cat([torch.full((n, 1), BOS_ID), tgt], 1)
-    tgt_out = torch.cat([tgt, torch.full((n, 1), EOS_ID)], 1)
+    tgt_in = torch.cat([torch.full((n, 1), BOS), tgt], 1)
+    tgt_out = torch.cat([tgt, torch.full((n, 1), EOS)], 1)
     return src, tgt_in, tgt_out
 
 
@@ -331,8 +343,14 @@ def reverser():
     """A tiny relative-position model trained for a few hundred Adam steps to reverse ids."""
     torch.manual_seed(0)
     cfg = compose(
-        ["model=tiny", "encoding=relative", "model.dropout=0.0", "model.d_model=32",
-         "model.d_ff=64", "model.heads=2"]
+        [
+            "model=tiny",
+            "encoding=relative",
+            "model.dropout=0.0",
+            "model.d_model=32",
+            "model.d_ff=64",
+            "model.heads=2",
+        ]
     )
     model = build_model(cfg, vocab_size=TOY_VOCAB)
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
@@ -353,8 +371,11 @@ def test_a_larger_beam_never_scores_worse_on_a_trained_model(reverser) -> None:
     improved = 0
     for length in range(3, 9):
         src = torch.randint(4, TOY_VOCAB, (20, length + 1), generator=g)
-        src[:, -1] = EOS_ID
-        best = {k: [h[0].score for h in beam_search(reverser, src, beam=k)] for k in (1, 2, 4, 8)}
+        src[:, -1] = EOS
+        best = {
+            k: [h[0].score for h in beam_search(reverser, src, DecodeConfig(beam=k))]
+            for k in (1, 2, 4, 8)
+        }
         for small, large in [(1, 2), (2, 4), (4, 8)]:
             for lo, hi in zip(best[small], best[large], strict=True):
                 assert hi >= lo - 1e-5, f"beam {large} scored {hi:.4f} < beam {small}: {lo:.4f}"

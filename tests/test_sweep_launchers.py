@@ -7,8 +7,10 @@ from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_module
+from omegaconf import OmegaConf
 
-from nmt.config import PATH_KEYS, RUNTIME_KEYS, register_configs
+from nmt.config import register_configs
+from nmt.results import PATH_KEYS, RUNTIME_KEYS, SWEEP_NAME_EXCLUDED_KEYS
 
 TINY_TOY_RUN = [
     "data.toy.train_size=2000", "data.toy.valid_size=20", "data.toy.test_size=20",
@@ -17,14 +19,33 @@ TINY_TOY_RUN = [
 ]
 
 
+def _override(key: str, value: object) -> str:
+    """A command-line override of `key` with a valid value of its type."""
+    if key == "experiment":
+        return "+experiment=clip_sweep"
+    if isinstance(value, bool):
+        value = str(value).lower()
+    elif value is None:
+        value = "null"
+    return f"{key}={value}"
+
+
 def test_sweep_job_names_leave_out_exactly_the_runtime_and_path_keys() -> None:
     # A key that changes results must name the job (or two jobs share a directory and the
     # second is skipped as finished); a runtime key must not (or a relaunch retrains).
+    assert set(SWEEP_NAME_EXCLUDED_KEYS) == {"experiment", *RUNTIME_KEYS, *PATH_KEYS}
     register_configs()
     with initialize_config_module(config_module="nmt.conf", version_base="1.3"):
-        cfg = compose(config_name="config", return_hydra_config=True)
-    excluded = set(cfg.hydra.job.config.override_dirname.exclude_keys)
-    assert excluded == {"experiment", *RUNTIME_KEYS, *PATH_KEYS}
+        base = compose(config_name="config")
+        defaults = {key: OmegaConf.select(base, key) for key in SWEEP_NAME_EXCLUDED_KEYS}
+        defaults["train.threads"] = 3  # a value that is not the default, as a user would set
+        overrides = [_override(key, value) for key, value in defaults.items()]
+        # seed and encoding.k change results: they name the job, every other override does not
+        cfg = compose(config_name="config", return_hydra_config=True,
+                      overrides=[*overrides, "seed=7", "encoding.k=4"])
+    assert cfg.hydra.job.override_dirname == "encoding.k=4,seed=7"
+    excluded = cfg.hydra.job.config.override_dirname.exclude_keys
+    assert list(excluded) == list(SWEEP_NAME_EXCLUDED_KEYS)
 
 
 def test_slurm_preset_is_the_submitit_slurm_launcher_with_one_gpu_per_job() -> None:
@@ -32,7 +53,8 @@ def test_slurm_preset_is_the_submitit_slurm_launcher_with_one_gpu_per_job() -> N
     with initialize_config_module(config_module="nmt.conf", version_base="1.3"):
         cfg = compose(
             config_name="config",
-            overrides=["+experiment=clip_sweep", "hydra/launcher=slurm", "hydra.launcher.partition=gpu"],
+            overrides=["+experiment=clip_sweep", "hydra/launcher=slurm",
+                       "hydra.launcher.partition=gpu"],
             return_hydra_config=True,
         )
     launcher = cfg.hydra.launcher

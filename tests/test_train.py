@@ -14,9 +14,13 @@ import pytest
 import torch
 
 import nmt.train as train_module
+import nmt.trainer as trainer_module
 from nmt.checkpoint import CheckpointError, load_checkpoint
 from nmt.config import compose
-from nmt.train import TrainingError, finished_results, train
+from nmt.errors import TrainingError
+from nmt.objective import inverse_sqrt_lr
+from nmt.results import finished_results
+from nmt.train import train
 
 # A small, quick run: tiny model on a reduced toy task, no decoding of long outputs.
 QUICK = [
@@ -69,13 +73,15 @@ def test_results_file_has_what_a_report_needs(quick_cfg, tmp_path) -> None:
     on_disk = json.loads((tmp_path / "run" / "results.json").read_text())
     assert on_disk["steps"] == 2 and on_disk["encoding"] == "relative" and on_disk["k"] == 16
     for split in ("valid", "test"):
-        assert "nrefs:1" in on_disk[split]["bleu_signature"] or "BLEU" in on_disk[split]["bleu_signature"]
+        signature = on_disk[split]["bleu_signature"]
+        assert "nrefs:1" in signature or "BLEU" in signature
         assert 0.0 <= on_disk[split]["bleu"] <= 100.0
         assert (tmp_path / "run" / f"{split}.hyp.txt").exists()
     assert on_disk["parameters"] == results["parameters"] > 0
     assert on_disk["train_tokens_per_s"] > 0
     assert on_disk["wall_seconds"] >= on_disk["train_seconds"]
-    assert (tmp_path / "run" / on_disk["hypotheses"]["test"]).read_text(encoding="utf-8").count("\n") == 8
+    hypotheses = tmp_path / "run" / on_disk["hypotheses"]["test"]
+    assert hypotheses.read_text(encoding="utf-8").count("\n") == 8
 
 
 def test_relaunching_a_finished_run_does_no_work_unless_a_setting_changed(
@@ -92,9 +98,11 @@ def test_relaunching_a_finished_run_does_no_work_unless_a_setting_changed(
     monkeypatch.setattr(train_module, "Trainer", counting_trainer)
     stamp = (run / "results.json").stat().st_mtime_ns, (run / "test.hyp.txt").stat().st_mtime_ns
     # Where and how it runs is not a setting: the finished results come back untouched.
-    again = train(quick_cfg("train.max_steps=2", "train.log_every=5", f"data.cache_dir={tmp_path / 'c2'}"), run)
+    again = train(quick_cfg("train.max_steps=2", "train.log_every=5",
+                            f"data.cache_dir={tmp_path / 'c2'}"), run)
     assert again == first and not built
-    assert stamp == ((run / "results.json").stat().st_mtime_ns, (run / "test.hyp.txt").stat().st_mtime_ns)
+    assert stamp == ((run / "results.json").stat().st_mtime_ns,
+                     (run / "test.hyp.txt").stat().st_mtime_ns)
     # Another beam re-decodes from the last checkpoint; a larger budget trains on.
     redecoded = train(quick_cfg("train.max_steps=2", "decode.beam=2"), run)
     assert len(built) == 1 and redecoded["decode"]["beam"] == 2 and redecoded["steps"] == 2
@@ -104,7 +112,8 @@ def test_relaunching_a_finished_run_does_no_work_unless_a_setting_changed(
     train(quick_cfg("train.max_steps=3", "decode.beam=2", "train.resume=false"), run)
     assert len(built) == 3
     # A restart that is cut short sets the old results aside: the next launch trains.
-    monkeypatch.setattr(real_trainer, "run", lambda self: (_ for _ in ()).throw(KeyboardInterrupt()))
+    monkeypatch.setattr(real_trainer, "run",
+                        lambda self: (_ for _ in ()).throw(KeyboardInterrupt()))
     with pytest.raises(KeyboardInterrupt):
         train(quick_cfg("train.max_steps=3", "decode.beam=2", "train.resume=false"), run)
     assert not (run / "results.json").exists() and (run / "results.previous.json").exists()
@@ -123,12 +132,14 @@ def test_an_epoch_budget_trains_every_batch_once_and_saves_the_end(quick_cfg, tm
     from nmt.data import prepare_data
     from nmt.data.batching import split_batches
 
-    batches = split_batches(prepare_data(cfg.data).splits["train"], cfg.train.max_tokens, seed=cfg.seed, epoch=0)
+    batches = split_batches(prepare_data(cfg.data).splits["train"], cfg.train.max_tokens,
+                            seed=cfg.seed, epoch=0)
     assert results["steps"] == len(batches) > 1 and results["epochs"] == pytest.approx(1.0)
     assert load_checkpoint(tmp_path / "run" / "checkpoint_last.pt")["step"] == len(batches)
     assert list(train_losses(tmp_path / "run")) == [len(batches)]
     # the last step is a save step but not an eval step: it is still validated
-    results = train(quick_cfg("train.max_steps=0", "train.max_epochs=1", "train.save_every=1"), tmp_path / "r2")
+    results = train(quick_cfg("train.max_steps=0", "train.max_epochs=1", "train.save_every=1"),
+                    tmp_path / "r2")
     records = [json.loads(x) for x in (tmp_path / "r2" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if r["split"] == "valid"] == [len(batches)]
 
@@ -137,17 +148,17 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(
     quick_cfg, tmp_path, monkeypatch
 ) -> None:
     calls = {"n": 0}
-    real = train_module.label_smoothed_loss
+    real = trainer_module.label_smoothed_loss
 
     def poisoned(logits, target, eps):
         calls["n"] += 1
         loss, nll = real(logits, target, eps)
         return (loss * float("nan"), nll) if calls["n"] >= 3 else (loss, nll)
 
-    monkeypatch.setattr(train_module, "label_smoothed_loss", poisoned)
+    monkeypatch.setattr(trainer_module, "label_smoothed_loss", poisoned)
     run = tmp_path / "run"
     cfg = quick_cfg("train.max_steps=10", "train.save_every=1")
-    lr3 = train_module.inverse_sqrt_lr(3, cfg.model.d_model, cfg.train.warmup_steps, cfg.train.lr_scale)
+    lr3 = inverse_sqrt_lr(3, cfg.model.d_model, cfg.train.warmup_steps, cfg.train.lr_scale)
     with pytest.raises(TrainingError, match=rf"at step 3 \(learning rate {lr3:.3g}\)"):
         train(cfg, run)
     state = load_checkpoint(run / "checkpoint_last.pt")
@@ -172,7 +183,8 @@ def test_resume_refuses_a_checkpoint_of_another_model(quick_cfg, tmp_path) -> No
 def test_resume_refuses_a_checkpoint_of_another_vocabulary(quick_cfg, tmp_path) -> None:
     run = tmp_path / "run"
     train(quick_cfg("train.max_steps=1"), run)
-    with pytest.raises(CheckpointError, match=r"vocabulary differs.*data.vocab_size=\d+ .*data.vocab_size=\d+"):
+    differs = r"vocabulary differs.*data.vocab_size=\d+ .*data.vocab_size=\d+"
+    with pytest.raises(CheckpointError, match=differs):
         train(quick_cfg("train.max_steps=2", "data.toy.seed=99"), run)
 
 
@@ -187,12 +199,13 @@ def test_cfg_job_shows_the_composed_config() -> None:
 DDP_WORKER = """
 import os, sys, torch
 from nmt.config import compose
-from nmt.train import Trainer
+from nmt.trainer import Trainer
 run_dir, cache, *overrides = sys.argv[1:]
 cfg = compose([*overrides, f"data.cache_dir={cache}"])
 trainer = Trainer(cfg, run_dir)
 trainer.run()
-torch.save(trainer.model.state_dict(), os.path.join(run_dir, f"rank{os.environ.get('RANK', '0')}.pt"))
+rank = os.environ.get("RANK", "0")
+torch.save(trainer.model.state_dict(), os.path.join(run_dir, f"rank{rank}.pt"))
 """
 
 

@@ -12,12 +12,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from nmt import evaluate, translate
+from nmt import evaluate, textio, translate
 from nmt.checkpoint import build_from_checkpoint, save_checkpoint
-from nmt.config import compose, to_container
-from nmt.data import prepare_data
+from nmt.config import DecodeConfig, compose, to_container
+from nmt.data import EOS, prepare_data
+from nmt.decoding import translate_ids
+from nmt.errors import TranslateError
 from nmt.model import build_model
-from nmt.search import EOS_ID, beam_search
+from nmt.search import beam_search
 
 SHORT = ["--max-len-a", "0", "--max-len-b", "8"]  # random weights rarely say EOS: keep it short
 
@@ -65,13 +67,16 @@ def test_translate_ids_keeps_input_order_across_batches(toy, ckpt) -> None:
     test = data.splits["test"]
     src = [test.src[i] for i in range(12)]
     # A budget of ~2 sentences per batch: several batches, sorted by length internally.
-    results = translate.translate_ids(
-        model, src, beam=3, alpha=0.6, max_len_a=0, max_len_b=8, max_tokens=40, nbest=2
+    results = translate_ids(
+        model,
+        src,
+        DecodeConfig(beam=3, alpha=0.6, max_len_a=0, max_len_b=8, max_tokens=40, nbest=2),
     )
     for ids, hyps in zip(src, results, strict=True):
         alone = beam_search(
-            model, torch.tensor([list(map(int, ids))]), beam=3, max_len_a=0, max_len_b=8,
-            nbest=2,
+            model,
+            torch.tensor([list(map(int, ids))]),
+            DecodeConfig(beam=3, max_len_a=0, max_len_b=8, nbest=2),
         )[0]
         assert [h.tokens for h in hyps] == [h.tokens for h in alone]
 
@@ -79,7 +84,8 @@ def test_translate_ids_keeps_input_order_across_batches(toy, ckpt) -> None:
 def test_empty_lines_give_empty_lines(monkeypatch, capsys, toy, ckpt) -> None:
     data, _ = toy
     lines = ["", data.splits["test"].src_text[0], "   ", data.splits["test"].src_text[1], ""]
-    code, out, err = run_translate(monkeypatch, capsys, [str(ckpt), *SHORT], "\n".join(lines) + "\n")
+    stdin = "\n".join(lines) + "\n"
+    code, out, err = run_translate(monkeypatch, capsys, [str(ckpt), *SHORT], stdin)
     assert code == 0, err
     got = out.split("\n")
     assert got[-1] == "" and len(got) == len(lines) + 1
@@ -92,8 +98,21 @@ def test_nbest_file_output(tmp_path, toy, ckpt) -> None:
     src = tmp_path / "in.txt"
     src.write_text("\n".join(data.splits["test"].src_text[:3]) + "\n", encoding="utf-8")
     out = tmp_path / "out" / "hyp.txt"
-    code = translate.main([str(ckpt), "-i", str(src), "-o", str(out), "--beam", "3", "--nbest", "2",
-                           "--quiet", *SHORT])
+    code = translate.main(
+        [
+            str(ckpt),
+            "-i",
+            str(src),
+            "-o",
+            str(out),
+            "--beam",
+            "3",
+            "--nbest",
+            "2",
+            "--quiet",
+            *SHORT,
+        ]
+    )
     assert code == 0
     rows = [line.split(" ||| ") for line in out.read_text(encoding="utf-8").splitlines()]
     assert [int(r[0]) for r in rows] == [0, 0, 1, 1, 2, 2]
@@ -118,8 +137,14 @@ def test_missing_checkpoint_gives_a_clear_message(monkeypatch, capsys, tmp_path)
 def test_checkpoint_with_another_vocabulary_is_refused(monkeypatch, capsys, tmp_path, toy) -> None:
     data, cfg = toy
     other = prepare_data(
-        compose([f"data.cache_dir={tmp_path / 'c'}", "data.toy.train_size=2000", "data.toy.seed=7",
-                 "data.vocab_size=400"]).data
+        compose(
+            [
+                f"data.cache_dir={tmp_path / 'c'}",
+                "data.toy.train_size=2000",
+                "data.toy.seed=7",
+                "data.vocab_size=400",
+            ]
+        ).data
     ).vocab
     state = torch.load(make_checkpoint(tmp_path / "a.pt", cfg, data.vocab), weights_only=False)
     state["vocab_model"] = other.model_bytes  # weights of one run, vocabulary of another
@@ -134,9 +159,9 @@ def test_outputs_cut_by_the_learned_position_table_are_reported(toy) -> None:
     cfg = compose(["encoding=learned", "encoding.max_len=6", "data.max_len=4"])
     torch.manual_seed(0)
     model = build_model(cfg, data.vocab.size)
-    src = [[*data.vocab.encode(s)[:3], EOS_ID] for s in data.splits["test"].src_text[:3]]
+    src = [[*data.vocab.encode(s)[:3], EOS] for s in data.splits["test"].src_text[:3]]
     with pytest.warns(UserWarning, match=r"3 of 3 translations reached .*encoding.max_len=6"):
-        out = translate.translate_ids(model, src, beam=2, max_len_a=0, max_len_b=20)
+        out = translate_ids(model, src, DecodeConfig(beam=2, max_len_a=0, max_len_b=20))
     assert all(len(h[0].tokens) + 1 <= 6 for h in out)
 
 
@@ -173,9 +198,10 @@ def test_evaluate_bleu_equals_the_sacrebleu_command_line(tmp_path, capsys, toy, 
     # nor 100: its own outputs with one word dropped from every other line.
     test = data.splits["test"]
     sources = list(test.src_text[:30])
-    hyps = translate.translate_ids(
+    hyps = translate_ids(
         build_from_checkpoint(ckpt)[0],
-        [[*data.vocab.encode(s), EOS_ID] for s in sources], max_len_a=0, max_len_b=8,
+        [[*data.vocab.encode(s), EOS] for s in sources],
+        DecodeConfig(max_len_a=0, max_len_b=8),
     )
     refs = []
     for i, h in enumerate(hyps):
@@ -188,10 +214,21 @@ def test_evaluate_bleu_equals_the_sacrebleu_command_line(tmp_path, capsys, toy, 
         (root / f"{split}.tgt").write_text("\n".join(refs) + "\n", encoding="utf-8")
 
     out_dir = tmp_path / "eval"
-    code = evaluate.main([
-        str(ckpt), "data.source=local", f"data.root={root}", "data.src=src", "data.tgt=tgt",
-        "--beam", "4", *SHORT, "-o", str(out_dir), "--quiet",
-    ])
+    code = evaluate.main(
+        [
+            str(ckpt),
+            "data.source=local",
+            f"data.root={root}",
+            "data.src=src",
+            "data.tgt=tgt",
+            "--beam",
+            "4",
+            *SHORT,
+            "-o",
+            str(out_dir),
+            "--quiet",
+        ]
+    )
     printed = capsys.readouterr().out
     assert code == 0
     result = json.loads((out_dir / "eval.json").read_text())
@@ -210,8 +247,22 @@ def test_evaluate_averages_several_checkpoints_on_the_checkpoints_own_test_set(
     _, cfg = toy
     vocab = toy[0].vocab
     second = make_checkpoint(tmp_path / "checkpoint_2.pt", cfg, vocab, seed=1)
-    code = evaluate.main([str(ckpt), str(second), "--beam", "1", "--max-sentences", "10",
-                          *SHORT, "-o", str(tmp_path / "ev"), "--quiet", "--buckets", "5,10"])
+    code = evaluate.main(
+        [
+            str(ckpt),
+            str(second),
+            "--beam",
+            "1",
+            "--max-sentences",
+            "10",
+            *SHORT,
+            "-o",
+            str(tmp_path / "ev"),
+            "--quiet",
+            "--buckets",
+            "5,10",
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     result = json.loads((tmp_path / "ev" / "eval.json").read_text())
     assert result["averaged"] and result["search"] == "greedy" and result["sentences"] == 10
@@ -219,20 +270,50 @@ def test_evaluate_averages_several_checkpoints_on_the_checkpoints_own_test_set(
     assert len((tmp_path / "ev" / "hyp.txt").read_text(encoding="utf-8").splitlines()) == 10
 
 
-def test_a_rotary_checkpoint_older_than_dynamic_scaling_evaluates_with_it(tmp_path, capsys, toy) -> None:
+def test_a_rotary_checkpoint_older_than_dynamic_scaling_evaluates_with_it(
+    tmp_path, capsys, toy
+) -> None:
     """Checkpoints written before `encoding.rotary_train_len` existed load with its default."""
     data, cfg = toy
-    rotary = compose([f"data.cache_dir={cfg.data.cache_dir}", "data.toy.train_size=2000",
-                      "data.toy.test_size=40", "encoding=rotary"])
+    rotary = compose(
+        [
+            f"data.cache_dir={cfg.data.cache_dir}",
+            "data.toy.train_size=2000",
+            "data.toy.test_size=40",
+            "encoding=rotary",
+        ]
+    )
     path = make_checkpoint(tmp_path / "old.pt", rotary, data.vocab)
     state = torch.load(path, weights_only=False)
     del state["config"]["encoding"]["rotary_train_len"]
     torch.save(state, path)
-    code = evaluate.main([str(path), "encoding.rotary_scaling=dynamic_ntk", "encoding.rotary_train_len=4",
-                          "--beam", "1", "--max-sentences", "5", *SHORT, "-o", str(tmp_path / "ev"), "--quiet"])
+    code = evaluate.main(
+        [
+            str(path),
+            "encoding.rotary_scaling=dynamic_ntk",
+            "encoding.rotary_train_len=4",
+            "--beam",
+            "1",
+            "--max-sentences",
+            "5",
+            *SHORT,
+            "-o",
+            str(tmp_path / "ev"),
+            "--quiet",
+        ]
+    )
     assert code == 0, capsys.readouterr().err
-    code = evaluate.main([str(path), "encoding.rotary_scaling=dynamic_ntk", "--beam", "1", "--quiet",
-                          "-o", str(tmp_path / "ev2")])
+    code = evaluate.main(
+        [
+            str(path),
+            "encoding.rotary_scaling=dynamic_ntk",
+            "--beam",
+            "1",
+            "--quiet",
+            "-o",
+            str(tmp_path / "ev2"),
+        ]
+    )
     assert code == 2 and "set encoding.rotary_train_len" in capsys.readouterr().err
 
 
@@ -241,22 +322,38 @@ def test_evaluate_rejects_a_bad_override(capsys, ckpt) -> None:
     assert "cannot override model.d_model=8" in capsys.readouterr().err
 
 
-def test_evaluate_takes_checkpoints_from_sweep_directories(tmp_path, monkeypatch, capsys, ckpt) -> None:
+def test_evaluate_takes_checkpoints_from_sweep_directories(
+    tmp_path, monkeypatch, capsys, ckpt
+) -> None:
     """Hydra names sweep jobs `0_encoding.k=0,seed=1/`: their checkpoints are not overrides."""
     job = tmp_path / "0_encoding.k=0,seed=1"
     job.mkdir()
     (job / "checkpoint_best.pt").write_bytes(ckpt.read_bytes())
     (tmp_path / "k=2.pt").write_bytes(ckpt.read_bytes())
     monkeypatch.chdir(tmp_path)
-    assert evaluate.split_inputs([str(job / "checkpoint_best.pt"), "k=2.pt", "data.toy.test_size=5"]) == (
-        [str(job / "checkpoint_best.pt"), "k=2.pt"], ["data.toy.test_size=5"]
+    inputs = [str(job / "checkpoint_best.pt"), "k=2.pt", "data.toy.test_size=5"]
+    assert evaluate.split_inputs(inputs) == (
+        [str(job / "checkpoint_best.pt"), "k=2.pt"],
+        ["data.toy.test_size=5"],
     )
     # relative to the sweep directory and missing: a checkpoint (file not found), not an override
     assert evaluate.split_inputs(["3_encoding.k=16,seed=1/nope.pt", "data.root=/x"]) == (
-        ["3_encoding.k=16,seed=1/nope.pt"], ["data.root=/x"]
+        ["3_encoding.k=16,seed=1/nope.pt"],
+        ["data.root=/x"],
     )
-    code = evaluate.main([str(job / "checkpoint_best.pt"), "--beam", "1", "--max-sentences", "3",
-                          *SHORT, "-o", str(tmp_path / "ev"), "--quiet"])
+    code = evaluate.main(
+        [
+            str(job / "checkpoint_best.pt"),
+            "--beam",
+            "1",
+            "--max-sentences",
+            "3",
+            *SHORT,
+            "-o",
+            str(tmp_path / "ev"),
+            "--quiet",
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     assert json.loads((tmp_path / "ev" / "eval.json").read_text())["sentences"] == 3
 
@@ -268,10 +365,12 @@ def test_gzipped_input_translates_like_plain_text(tmp_path, toy) -> None:
     lines = "\n".join(toy[0].splits["test"].src_text[:4]) + "\n"
     (tmp_path / "in.txt").write_text(lines, encoding="utf-8")
     (tmp_path / "in.txt.gz").write_bytes(gzip.compress(lines.encode("utf-8")))
-    assert translate.read_lines(str(tmp_path / "in.txt.gz")) == translate.read_lines(str(tmp_path / "in.txt"))
+    gzipped = textio.read_lines(str(tmp_path / "in.txt.gz"))
+    assert gzipped == textio.read_lines(str(tmp_path / "in.txt"))
     packed = gzip.compress(lines.encode("utf-8"))
     (tmp_path / "cut.gz").write_bytes(packed[:20])
-    (tmp_path / "bad.gz").write_bytes(packed[:12] + bytes(b ^ 0xFF for b in packed[12:-8]) + packed[-8:])
+    flipped = bytes(b ^ 0xFF for b in packed[12:-8])
+    (tmp_path / "bad.gz").write_bytes(packed[:12] + flipped + packed[-8:])
     for name in ("cut.gz", "bad.gz"):  # EOFError / zlib.error underneath
-        with pytest.raises(translate.TranslateError, match=f"{name} is not a complete gzip file"):
-            translate.read_lines(str(tmp_path / name))
+        with pytest.raises(TranslateError, match=f"{name} is not a complete gzip file"):
+            textio.read_lines(str(tmp_path / name))

@@ -10,6 +10,7 @@ Special ids are the same for every vocabulary: PAD=0, UNK=1, BOS=2, EOS=3.
 """
 
 from nmt.data.batching import Batch, collate, split_batches, token_budget_batches
+from nmt.data.corpora import ROLES
 from nmt.data.errors import DataError
 from nmt.data.prepare import PreparedData, load_prepared, prepare_data, resolve_data_config
 from nmt.data.store import EncodedSplit, RaggedIds
@@ -19,6 +20,7 @@ __all__ = [
     "BOS",
     "EOS",
     "PAD",
+    "ROLES",
     "UNK",
     "Batch",
     "DataError",

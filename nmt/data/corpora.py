@@ -9,20 +9,19 @@ memory as Python strings).
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import re
 import sys
-import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 
 from nmt.data.errors import DataError
+from nmt.textio import iter_lines
 
 ROLES = ("train", "valid", "test")
 
@@ -240,44 +239,6 @@ class LocalCorpus(Corpus):
                 return
             done += len(src)
             yield ParallelText(src, tgt)
-
-
-def open_binary(path: Path) -> BinaryIO:
-    """A file opened for reading bytes, decompressed if its name ends in .gz."""
-    return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")  # type: ignore[return-value]
-
-
-def read_bytes(path: Path) -> bytes:
-    """A file's bytes, decompressed if its name ends in .gz (OSError, EOFError, zlib.error)."""
-    with open_binary(path) as f:
-        return f.read()
-
-
-def iter_lines(path: Path) -> Iterator[str]:
-    """The stripped lines of a UTF-8 text file (gzipped if it ends in .gz); DataError if invalid.
-
-    One line at a time: the file is never held in memory whole.
-    """
-    # Only "\n" ends a line (binary line iteration): str.splitlines would also split on
-    # U+2028, U+0085, ... which occur inside WMT sentences and would break the alignment.
-    # A UTF-8 sequence never contains the byte 0x0a, so decoding line by line is exact.
-    try:
-        with open_binary(path) as f:
-            for number, raw in enumerate(f, start=1):
-                try:
-                    line = raw.decode("utf-8")
-                except UnicodeDecodeError as exc:
-                    raise DataError(
-                        f"{path}, line {number}: invalid UTF-8 (byte 0x{raw[exc.start]:02x} at "
-                        f"column {exc.start + 1}); convert the file to UTF-8 (e.g. iconv -f latin1 -t utf-8)"
-                    ) from None
-                if number == 1:
-                    line = line.removeprefix("\ufeff")
-                    if not line:  # a file holding only a byte-order mark has no lines
-                        return
-                yield line.strip()
-    except (OSError, EOFError, zlib.error) as exc:
-        raise DataError(f"{path}: cannot read ({exc})") from None
 
 
 # ---------------------------------------------------------------------------------------

@@ -1,7 +1,5 @@
-"""The one exception type of the data layer."""
+"""The data layer's exception type (defined with the others in `nmt.errors`)."""
 
-from __future__ import annotations
+from nmt.errors import DataError
 
-
-class DataError(ValueError):
-    """Corpus or cache input that cannot be used; the message names the file, line and fix."""
+__all__ = ["DataError"]

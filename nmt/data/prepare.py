@@ -49,8 +49,7 @@ from nmt.data.vocab import EOS, Vocabulary, train_vocabulary
 FORMAT_VERSION = 1  # bump when the on-disk layout or the encoding changes
 SPM_SAMPLE_SEED = 0
 # Training pairs read, encoded and written at a time: bounds memory whatever the corpus size
-# (measured: ~65 MB above the imports at 20k pairs, ~220 MB at 100k, at the same speed).
-# The cache files do not depend on it.
+# (docs/benchmarks.md, "Data preparation"). The cache files do not depend on it.
 PREPARE_CHUNK_PAIRS = 20_000
 log = logging.getLogger("nmt.data")
 

@@ -22,9 +22,8 @@ import numpy as np
 import sentencepiece as spm
 
 from nmt.data.errors import DataError
+from nmt.special_ids import BOS, EOS, PAD, SPECIAL_PIECES, UNK
 
-PAD, UNK, BOS, EOS = 0, 1, 2, 3
-SPECIAL_PIECES = ("<pad>", "<unk>", "<s>", "</s>")
 N_BYTE_PIECES = 256
 MODEL_TYPES = ("unigram", "bpe")
 

@@ -1,15 +1,24 @@
-"""Where and in which precision to run: device and autocast choices shared by every command."""
+"""Where and in which precision to run: device and autocast choices shared by every command,
+and a training process's setup (threads, allocator, distributed process group)."""
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import logging
 import os
 import sys
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
 
 import torch
+import torch.distributed as dist
 
 from nmt.config import DEVICES, MALLOC_KEEP_MAX_MIB, ConfigError
+
+# Training's messages keep the command's logger name, whichever module emits them.
+log = logging.getLogger("nmt.train")
 
 
 def resolve_device(name: str, index: int = 0) -> torch.device:
@@ -40,7 +49,7 @@ def resolve_precision(name: str, device: torch.device) -> str:
     return "fp32"
 
 
-def autocast(device: torch.device, precision: str):
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
     """The autocast context for a precision (`fp32`: none)."""
     if precision == "fp32":
         return contextlib.nullcontext()
@@ -109,7 +118,52 @@ def describe_hardware(device: torch.device) -> str:
 
     try:
         with open("/proc/cpuinfo") as f:
-            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+            model = next(
+                line.split(":", 1)[1].strip() for line in f if line.startswith("model name")
+            )
     except (OSError, StopIteration):
         model = platform.processor() or platform.machine()
     return f"{model}, {torch.get_num_threads()} threads"
+
+
+@dataclass
+class Runtime:
+    """Where a training process runs: its device, precision and place among the ranks."""
+
+    device: torch.device
+    precision: str  # fp32 | bf16 | fp16
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        return autocast(self.device, self.precision)
+
+
+def init_runtime(cfg: Any) -> Runtime:
+    """Set up this process for training from `cfg.train`: device, torchrun's process group
+    (read from RANK / WORLD_SIZE / LOCAL_RANK), thread count and the glibc allocator."""
+    t = cfg.train
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    device = resolve_device(t.device, local_rank)
+    if world_size > 1 and not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group(
+            backend=backend, timeout=timedelta(minutes=t.dist_timeout_minutes)
+        )
+    if t.threads > 0:
+        torch.set_num_threads(t.threads)
+    if device.type == "cpu" and (kept := keep_freed_cpu_memory(t.malloc_keep_mib)):
+        log.info("glibc keeps freed blocks up to %d MiB for reuse (train.malloc_keep_mib)", kept)
+        if kept < t.malloc_keep_mib:
+            log.warning(
+                "this glibc caps train.malloc_keep_mib at %d MiB: larger tensors are still "
+                "unmapped on free", kept
+            )
+    return Runtime(device, resolve_precision(t.precision, device), rank, world_size)

@@ -11,10 +11,11 @@ import sys
 import pytest
 
 from nmt.config import ConfigError, compose, validate
-from nmt.device import MALLOC_ENV, keep_freed_cpu_memory
+from nmt.runtime import MALLOC_ENV, keep_freed_cpu_memory
 
 glibc_only = pytest.mark.skipif(
-    not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc", reason="glibc mallopt"
+    not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc",
+    reason="glibc mallopt",
 )
 
 # In a fresh process (mallopt is process-wide and cannot be undone): page faults of
@@ -22,7 +23,7 @@ glibc_only = pytest.mark.skipif(
 # threshold, like a (B*T, V) logits tensor), before and after keep_freed_cpu_memory.
 FAULTS_SCRIPT = """
 import json, resource, sys, torch
-from nmt.device import keep_freed_cpu_memory
+from nmt.runtime import keep_freed_cpu_memory
 
 def faults(rounds=4):
     torch.ones(16 * 2**20)  # one round first: the kept run's heap grows once
@@ -49,7 +50,8 @@ def run_faults(mib: int) -> dict:
 def test_kept_memory_stops_the_page_faults_of_large_tensors():
     r = run_faults(2047)
     if 0 < r["applied"] < 64:
-        pytest.skip(f"this glibc caps the mmap threshold at {r['applied']} MiB, below the 64 MiB tensor")
+        pytest.skip(f"this glibc caps the mmap threshold at {r['applied']} MiB, "
+                    f"below the 64 MiB tensor")
     assert r["applied"] == 2047
     # glibc's default unmaps each 64 MiB block on free: 4 rounds x 16,384 pages (fewer with
     # transparent huge pages), against ~none once the block stays in the heap.

@@ -1,0 +1,146 @@
+"""Decoding: source id sequences in, n-best hypotheses out, in token-budget batches.
+
+    settings = decode_settings(cfg.decode, beam=4)     # nmt.config: one checked object
+    results = translate_ids(model, [[*vocab.encode(line), EOS] for line in lines], settings)
+    text = vocab.decode(results[0][0].tokens)
+
+Beam 1 decodes greedily. A source that is only EOS (an empty line) gets one empty
+hypothesis without being decoded. A source longer than the model can embed (only learned
+absolute positions have a limit, `encoding.max_len`) is refused with a TranslateError naming
+it, before anything is decoded; every other encoding translates sources of any length.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from nmt.config import DEVICES, DecodeConfig
+from nmt.data.batching import token_budget_batches
+from nmt.errors import TranslateError
+from nmt.search import (
+    Hypothesis,
+    beam_search,
+    greedy_search,
+    source_position_limit,
+    target_position_limit,
+)
+from nmt.special_ids import EOS, PAD
+
+
+def model_device(model: Any) -> torch.device:
+    """The device of the model's parameters (CPU for a parameter-less stand-in)."""
+    param = next(iter(model.parameters()), None) if hasattr(model, "parameters") else None
+    return torch.device("cpu") if param is None else param.device
+
+
+def check_lengths(model: Any, src_ids: Sequence[Sequence[int]], first_line: int = 1) -> None:
+    """Refuse sources longer than a learned position table, naming the first such line."""
+    limit = source_position_limit(model)
+    if limit is None:
+        return
+    for i, ids in enumerate(src_ids):
+        if len(ids) > limit:
+            raise TranslateError(
+                f"line {i + first_line} has {len(ids)} subwords (with EOS) but this model has "
+                f"learned positions for only {limit} (encoding=learned, encoding.max_len="
+                f"{limit}); split the line, or use a model with another encoding"
+            )
+
+
+def pad_batch(seqs: Sequence[Sequence[int]], device: torch.device) -> torch.Tensor:
+    """Right-padded `(B, S)` long tensor."""
+    out = np.full((len(seqs), max(len(s) for s in seqs)), PAD, dtype=np.int64)
+    for row, seq in enumerate(seqs):
+        out[row, : len(seq)] = seq
+    return torch.from_numpy(out).to(device)
+
+
+def translate_ids(
+    model: Any,
+    src_ids: Sequence[Sequence[int] | np.ndarray],
+    settings: DecodeConfig | None = None,
+    *,
+    device: torch.device | str | None = None,
+    progress: bool = False,
+    use_cache: bool = True,
+) -> list[list[Hypothesis]]:
+    """N-best lists for source id sequences (each ending with EOS), in input order.
+
+    `settings` (default: DecodeConfig()) gives the search; sources are sorted by length into
+    batches of at most `settings.max_tokens` padded source positions. `device` defaults to
+    the model's. `use_cache=False` recomputes every prefix (the benchmark's baseline).
+    """
+    from tqdm import tqdm
+
+    settings = DecodeConfig() if settings is None else settings
+    device = model_device(model) if device is None else torch.device(device)
+    check_lengths(model, src_ids)
+    results: list[list[Hypothesis]] = [[] for _ in src_ids]
+    empty = [len(ids) <= 1 and all(t == EOS for t in ids) for ids in src_ids]
+    todo = [i for i, is_empty in enumerate(empty) if not is_empty]
+    for i in set(range(len(src_ids))) - set(todo):
+        results[i] = [Hypothesis([], 0.0, 0.0)]
+    lengths = [len(src_ids[i]) for i in todo]
+    batches = token_budget_batches(
+        lengths, None, settings.max_tokens, seed=0, epoch=0, shuffle=False
+    )
+    if isinstance(model, torch.nn.Module):
+        model.eval()
+    search = greedy_search if settings.beam == 1 else beam_search
+    bar = tqdm(total=len(todo), unit="sent", disable=not progress, file=sys.stderr, leave=False)
+    for batch in batches:
+        rows = [todo[j] for j in batch]
+        src = pad_batch([src_ids[i] for i in rows], device)
+        out = search(model, src, settings, use_cache=use_cache)
+        for i, hyps in zip(rows, out, strict=True):
+            results[i] = hyps
+        bar.update(len(rows))
+    bar.close()
+    limit = target_position_limit(model)
+    cut = sum(1 for hyps in results if limit and hyps and len(hyps[0].tokens) + 1 >= limit)
+    if cut:
+        warnings.warn(
+            f"{cut} of {len(results)} translations reached the end of the learned position table "
+            f"(encoding.max_len={limit}) and were cut there; train with a larger encoding.max_len "
+            f"or use an encoding without a length limit",
+            stacklevel=2,
+        )
+    return results
+
+
+# ---------------------------------------------------------------------------------------
+# the decoding flags nmt-translate and nmt-evaluate share
+
+FLAG_SETTINGS = ("beam", "alpha", "max_len_a", "max_len_b", "max_tokens")
+
+
+def add_decode_arguments(parser: argparse.ArgumentParser) -> None:
+    """--beam, --alpha, --max-len-a/-b, --max-tokens, --device (defaults: the checkpoint's)."""
+    d = DecodeConfig()
+    g = parser.add_argument_group("decoding (defaults: the checkpoint's decode settings)")
+    g.add_argument("--beam", type=int, help=f"beam size, 1 = greedy (default {d.beam})")
+    g.add_argument(
+        "--alpha",
+        type=float,
+        help=f"GNMT length penalty ((5+|Y|)/6)^alpha, 0 = none (default {d.alpha})",
+    )
+    g.add_argument(
+        "--max-len-a", type=float, help=f"max output length a*src_len+b: a (default {d.max_len_a})"
+    )
+    g.add_argument("--max-len-b", type=int, help=f"... and b (default {d.max_len_b})")
+    g.add_argument(
+        "--max-tokens", type=int, help=f"source tokens per batch (default {d.max_tokens})"
+    )
+    g.add_argument("--device", default="auto", choices=DEVICES, help="default auto")
+
+
+def decode_arguments(args: argparse.Namespace) -> dict[str, Any]:
+    """The decode settings given as flags (None where not given), for `decode_settings`."""
+    return {name: getattr(args, name) for name in FLAG_SETTINGS}

@@ -1,0 +1,177 @@
+"""A training run's saved state: what a checkpoint holds to resume exactly, and how it is kept.
+
+A resumed run continues the same run: the same data order (epoch and position in it), the
+same dropout draws (every rank's RNG state) and the same optimizer, schedule and loss-scaler
+state, so its losses match a run that was never interrupted.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import shutil
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from nmt.checkpoint import (
+    architecture_differences,
+    load_checkpoint,
+    numbered_checkpoints,
+    save_checkpoint,
+)
+from nmt.config import to_container
+from nmt.errors import CheckpointError, TrainingError
+
+# Training's messages keep the command's logger name, whichever module emits them.
+log = logging.getLogger("nmt.train")
+
+
+@dataclass
+class Progress:
+    """How far a run has come; saved in every checkpoint."""
+
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0  # position in the epoch's batch list, for an exact resume
+    tokens: int = 0  # target tokens trained on (all ranks)
+    train_seconds: float = 0.0
+    best_bleu: float = -1.0
+
+
+def rng_state() -> dict[str, Any]:
+    """This process's random generators: torch (and CUDA), Python's and NumPy's."""
+    state = {
+        "torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def rank_rng_states(world_size: int) -> list[dict[str, Any]]:
+    """Every rank's RNG state (dropout differs per rank), gathered on all ranks: with more
+    than one rank a collective, so every rank must call it."""
+    if world_size == 1:
+        return [rng_state()]
+    states: list[Any] = [None] * world_size
+    dist.all_gather_object(states, rng_state())
+    return states
+
+
+def training_state(
+    *, cfg: Any, vocab: Any, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+    scheduler: Any, scaler: torch.amp.GradScaler, progress: Progress,
+    rank_rng: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """The checkpoint of a training run: the weights, what decoding needs (config and
+    vocabulary), and what an exact resume needs."""
+    return {
+        "model": model.state_dict(),
+        "config": to_container(cfg),
+        "vocab_model": vocab.model_bytes,
+        "vocab_fingerprint": vocab.fingerprint,
+        "step": progress.step,
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "scaler": scaler.state_dict(),
+        "rng": rank_rng[0],
+        "rng_per_rank": rank_rng,
+        "progress": asdict(progress),
+    }
+
+
+def resume(
+    path: Path, *, cfg: Any, vocab: Any, model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer, scheduler: Any, scaler: torch.amp.GradScaler,
+    progress: Progress, rank: int, world_size: int,
+) -> None:
+    """Load the training state at `path` into the run's parts; `CheckpointError` if it is
+    another model or vocabulary than `cfg` trains."""
+    state = load_checkpoint(path, map_location="cpu")
+    diffs = architecture_differences(state["config"], to_container(cfg))
+    if diffs:
+        raise CheckpointError(
+            f"cannot resume from {path}: it is a different model ({'; '.join(diffs)}); "
+            f"use another run directory or train.resume=false"
+        )
+    if state.get("vocab_fingerprint") != vocab.fingerprint:
+        theirs = state["config"]["data"]
+        raise CheckpointError(
+            f"cannot resume from {path}: its vocabulary differs from this run's "
+            f"(checkpoint: data={theirs.get('name')} data.vocab_size={theirs.get('vocab_size')} "
+            f"fingerprint {str(state.get('vocab_fingerprint'))[:12]}; this run: "
+            f"data={cfg.data.name} data.vocab_size={cfg.data.vocab_size} fingerprint "
+            f"{vocab.fingerprint[:12]}); use another run directory or the checkpoint's data "
+            f"settings"
+        )
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    scaler.load_state_dict(state["scaler"])
+    per_rank = state.get("rng_per_rank") or [state["rng"]]
+    # Another world size cannot continue each rank's stream: every rank takes rank 0's.
+    set_rng_state(per_rank[rank] if len(per_rank) == world_size else state["rng"])
+    known = {f.name for f in fields(Progress)}
+    for key, value in state["progress"].items():
+        if key in known:
+            setattr(progress, key, value)
+    log.info("resumed from %s at step %d", path, progress.step)
+
+
+class CheckpointKeeper:
+    """Writes checkpoint_<step>.pt, checkpoint_last.pt and checkpoint_best.pt; keeps the last N."""
+
+    def __init__(self, run_dir: Path, keep_last: int) -> None:
+        self.run_dir, self.keep_last = run_dir, keep_last
+
+    def save(self, state: dict[str, Any], step: int, best: bool) -> None:
+        last = self.run_dir / "checkpoint_last.pt"
+        if self.keep_last > 0:
+            numbered = self.run_dir / f"checkpoint_{step}.pt"
+            save_checkpoint(numbered, state)
+            _atomic_link(numbered, last)
+            for old in numbered_checkpoints(self.run_dir)[: -self.keep_last]:
+                old.unlink(missing_ok=True)
+        else:
+            save_checkpoint(last, state)
+        if best:
+            _atomic_link(last, self.run_dir / "checkpoint_best.pt")
+
+
+def _atomic_link(src: Path, dst: Path) -> None:
+    """dst becomes another name of src's complete file, atomically (hard link, else copy)."""
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(src, tmp)
+    except OSError:
+        shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+
+
+def check_writable(run_dir: Path) -> None:
+    """Fail before any work if the run directory cannot be written."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".write_test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as err:
+        raise TrainingError(
+            f"cannot write to the run directory {run_dir} ({err.strerror}); choose another with "
+            f"hydra.run.dir=DIR (or NMT_RUNS_DIR=DIR)"
+        ) from err
