@@ -125,7 +125,9 @@ class MultiHeadAttention(nn.Module):
         bias = pos.score_bias(q, q_start, Nk) if pos is not None else None
         mask = _blocked_positions(key_padding_mask, causal, q_start, Nq, Nk, q.device)
 
-        if (pos is None or not pos.has_value_term) and _fused_kernel_pays(q, bias is not None, dropout):
+        if (pos is None or not pos.has_value_term) and _fused_kernel_pays(
+            q, bias is not None, dropout
+        ):
             if bias is None and mask is None:
                 return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
             if bias is None and causal and key_padding_mask is None and q_start == 0 and Nq == Nk:
@@ -146,7 +148,11 @@ class MultiHeadAttention(nn.Module):
         if dropout > 0.0:
             weights = F.dropout(weights, p=dropout)
         out = torch.matmul(weights, v)
-        return out + pos.value_term(weights, q_start) if pos is not None and pos.has_value_term else out
+        return (
+            out + pos.value_term(weights, q_start)
+            if pos is not None and pos.has_value_term
+            else out
+        )
 
 
 def _fused_kernel_pays(q: Tensor, has_bias: bool, dropout: float) -> bool:

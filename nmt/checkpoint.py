@@ -68,9 +68,13 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         state = torch.load(path, map_location=map_location, weights_only=False)
     except Exception as err:  # torch raises several types for truncated or foreign files
-        raise CheckpointError(f"checkpoint {path} is not readable ({err}); is it an nmt checkpoint?") from err
+        raise CheckpointError(
+            f"checkpoint {path} is not readable ({err}); is it an nmt checkpoint?"
+        ) from err
     if not isinstance(state, dict) or "model" not in state or "config" not in state:
-        raise CheckpointError(f"{path} is not an nmt checkpoint (no model weights and config in it)")
+        raise CheckpointError(
+            f"{path} is not an nmt checkpoint (no model weights and config in it)"
+        )
     return state
 
 
@@ -86,7 +90,9 @@ def checkpoint_config(state: dict[str, Any]) -> DictConfig:
 
 # Model keys that do not change what the parameters are or compute.
 NON_ARCHITECTURE_MODEL_KEYS = (
-    "dropout", "attention_dropout", "activation_dropout",
+    "dropout",
+    "attention_dropout",
+    "activation_dropout",
     "name",  # a preset's label; the sizes themselves are compared
     "init_std",  # how the weights started, not what they are
 )
@@ -157,7 +163,8 @@ def average_checkpoints(paths: list[str | Path]) -> dict[str, Any]:
         diffs = architecture_differences(first["config"], state["config"])
         if diffs:
             raise CheckpointError(
-                f"cannot average {paths[0]} and {path}: different architectures ({'; '.join(diffs)})"
+                f"cannot average {paths[0]} and {path}: different architectures "
+                f"({'; '.join(diffs)})"
             )
         if state.get("vocab_fingerprint") != first.get("vocab_fingerprint"):
             raise CheckpointError(f"cannot average {paths[0]} and {path}: different vocabularies")
@@ -179,12 +186,20 @@ def average_checkpoints(paths: list[str | Path]) -> dict[str, Any]:
         k: (v / len(paths)).to(first["model"][k].dtype) if v.is_floating_point() else v
         for k, v in total.items()
     }
-    out = {k: v for k, v in first.items() if k in ("config", "vocab_model", "vocab_fingerprint", "step")}
+    out = {
+        k: v
+        for k, v in first.items()
+        if k in ("config", "vocab_model", "vocab_fingerprint", "step")
+    }
     out.update(model=averaged, averaged_from=[str(p) for p in paths])
     return out
 
 
 def numbered_checkpoints(run_dir: str | Path) -> list[Path]:
     """`checkpoint_<step>.pt` files of a run, oldest step first."""
-    found = [(int(m.group(1)), p) for p in Path(run_dir).glob("checkpoint_*.pt") if (m := NUMBERED.search(p.name))]
+    found = [
+        (int(m.group(1)), p)
+        for p in Path(run_dir).glob("checkpoint_*.pt")
+        if (m := NUMBERED.search(p.name))
+    ]
     return [p for _, p in sorted(found)]

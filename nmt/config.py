@@ -160,15 +160,6 @@ class Config:
     experiment: str = "default"  # a label stored in results.json
 
 
-def relative_terms(enc: Any) -> tuple[bool, bool]:
-    """(keys, values) of an encoding config.
-
-    Read by item: on a DictConfig `enc.keys` / `enc.values` are the mapping methods, which
-    are always truthy, so attribute access would silently enable both terms.
-    """
-    return bool(enc["keys"]), bool(enc["values"])
-
-
 def register_configs() -> None:
     """Register the schema so `conf/config.yaml` composes into a typed config."""
     cs = ConfigStore.instance()
@@ -198,7 +189,7 @@ def validate(cfg: Any) -> None:
             raise ConfigError(f"model.{name}={getattr(model, name)} must be in [0, 1)")
     check_encoding(enc, model)
     if "data" in cfg:
-        _validate_data(cfg.data)
+        validate_data(cfg.data)
     if "train" in cfg:
         _validate_train(cfg.train)
     if "decode" in cfg:
@@ -211,18 +202,23 @@ def validate(cfg: Any) -> None:
             f"encoding.max_len to at least {cfg.data.max_len + 2}"
         )
 
-def _validate_data(data: Any) -> None:
+
+def validate_data(data: Any) -> None:
+    """Raise one `ConfigError` naming the first bad `data` value."""
     try:
         root = data.root
     except Exception as exc:  # an unset ${oc.env:...}, e.g. NMT_DATA_DIR for data=multi30k
         raise ConfigError(
-            f"data.root cannot be resolved ({str(exc).splitlines()[0]}); set the environment variable it names "
+            f"data.root cannot be resolved ({str(exc).splitlines()[0]}); set the environment "
+            f"variable it names "
             f"(NMT_DATA_DIR: the directory holding multi30k/ etc.) or pass data.root=DIR"
         ) from None
     if data.source not in ("toy", "local", "hub"):
         raise ConfigError(f"data.source={data.source!r} is unknown; choose toy, local or hub")
     if data.source == "local" and not root:
-        raise ConfigError("data.source=local needs data.root=DIR, a directory of {split}.{lang}[.gz] files")
+        raise ConfigError(
+            "data.source=local needs data.root=DIR, a directory of {split}.{lang}[.gz] files"
+        )
     if data.source == "hub" and not data.hub_name:
         raise ConfigError(
             "data.source=hub needs data.hub_name=NAME: a datasets hub name (e.g. wmt/wmt19 with "
@@ -237,9 +233,13 @@ def _validate_data(data: Any) -> None:
             f"pieces come first; use at least 261 plus the corpus's characters (e.g. 8000)"
         )
     if data.spm_model_type not in ("unigram", "bpe"):
-        raise ConfigError(f"data.spm_model_type={data.spm_model_type!r} is unknown; choose unigram or bpe")
+        raise ConfigError(
+            f"data.spm_model_type={data.spm_model_type!r} is unknown; choose unigram or bpe"
+        )
     if not 0.0 < data.spm_character_coverage <= 1.0:
-        raise ConfigError(f"data.spm_character_coverage={data.spm_character_coverage} must be in (0, 1]")
+        raise ConfigError(
+            f"data.spm_character_coverage={data.spm_character_coverage} must be in (0, 1]"
+        )
     if data.spm_max_sentences < 2:
         raise ConfigError(f"data.spm_max_sentences={data.spm_max_sentences} must be >= 2")
     if data.max_len < 1:
@@ -249,7 +249,9 @@ def _validate_data(data: Any) -> None:
     if data.source == "toy":
         toy = data.toy
         if toy.vocab < 2 or toy.chunk < 1:
-            raise ConfigError(f"data.toy.vocab={toy.vocab} must be >= 2 and data.toy.chunk={toy.chunk} >= 1")
+            raise ConfigError(
+                f"data.toy.vocab={toy.vocab} must be >= 2 and data.toy.chunk={toy.chunk} >= 1"
+            )
         for name in ("train_size", "valid_size", "test_size"):
             if getattr(toy, name) < 1:
                 raise ConfigError(f"data.toy.{name}={getattr(toy, name)} must be >= 1")
@@ -268,7 +270,14 @@ def _validate_train(train: Any) -> None:
         raise ConfigError(
             f"train.precision={train.precision!r} is unknown; choose one of {PRECISIONS}"
         )
-    for name in ("max_tokens", "update_freq", "warmup_steps", "log_every", "eval_every", "dist_timeout_minutes"):
+    for name in (
+        "max_tokens",
+        "update_freq",
+        "warmup_steps",
+        "log_every",
+        "eval_every",
+        "dist_timeout_minutes",
+    ):
         if getattr(train, name) < 1:
             raise ConfigError(f"train.{name}={getattr(train, name)} must be >= 1")
     if train.max_steps < 1 and train.max_epochs < 1:
@@ -308,7 +317,9 @@ def decode_settings(node: Any = None, **overrides: Any) -> DecodeConfig:
 def encoding_presets() -> tuple[str, ...]:
     """The names of `conf/encoding/*.yaml`: what `encoding=NAME` and `encoding.name` take."""
     folder = importlib.resources.files("nmt.conf") / "encoding"
-    return tuple(sorted(f.name[: -len(".yaml")] for f in folder.iterdir() if f.name.endswith(".yaml")))
+    return tuple(
+        sorted(f.name[: -len(".yaml")] for f in folder.iterdir() if f.name.endswith(".yaml"))
+    )
 
 
 def compose(overrides: list[str] | None = None, config_name: str = "config") -> DictConfig:

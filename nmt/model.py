@@ -161,7 +161,11 @@ class Transformer(nn.Module):
         return F.dropout(x, self.dropout, self.training)
 
     def _logits(self, h: Tensor) -> Tensor:
-        weight = self.embedding.weight if self.output_projection is None else self.output_projection.weight
+        weight = (
+            self.embedding.weight
+            if self.output_projection is None
+            else self.output_projection.weight
+        )
         return h @ weight.t()
 
     def encode(self, src: Tensor) -> tuple[Tensor, Tensor]:

@@ -25,7 +25,10 @@ def build_optimization(
     needs (a no-op in other precisions)."""
     t, d_model = cfg.train, cfg.model.d_model
     optimizer = torch.optim.Adam(
-        model.parameters(), lr=1.0, betas=tuple(t.adam_betas), eps=t.adam_eps,
+        model.parameters(),
+        lr=1.0,
+        betas=tuple(t.adam_betas),
+        eps=t.adam_eps,
         weight_decay=t.weight_decay,
     )
     # LambdaLR counts from 0; the schedule's first step is 1.
@@ -52,7 +55,11 @@ def label_smoothed_loss(
 
 @torch.no_grad()
 def split_loss(
-    model: torch.nn.Module, split: EncodedSplit, *, max_tokens: int, label_smoothing: float,
+    model: torch.nn.Module,
+    split: EncodedSplit,
+    *,
+    max_tokens: int,
+    label_smoothing: float,
     runtime: Any,
 ) -> dict[str, float]:
     """Loss, NLL and perplexity per target token over a whole split (teacher forcing); the

@@ -48,8 +48,20 @@ def _label(row_or_values: dict[str, Any], keys: list[str]) -> str:
 def markdown(rows: list[dict[str, Any]], keys: list[str], runs: list[Run]) -> str:
     head = [k.split(".")[-1] if k.startswith("encoding.") else k for k in keys]
     lines = [
-        "| " + " | ".join([*head, "valid BLEU", "test BLEU", "test chrF", "steps", "tokens/s",
-                           "parameters", "seeds"]) + " |",
+        "| "
+        + " | ".join(
+            [
+                *head,
+                "valid BLEU",
+                "test BLEU",
+                "test chrF",
+                "steps",
+                "tokens/s",
+                "parameters",
+                "seeds",
+            ]
+        )
+        + " |",
         "|" + "---|" * len(head) + "---:|---:|---:|---:|---:|---:|---|",
     ]
     for row in rows:
@@ -64,14 +76,21 @@ def markdown(rows: list[dict[str, Any]], keys: list[str], runs: list[Run]) -> st
         ]
         lines.append("| " + " | ".join(cells) + " |")
     finished = sum(r.status == "finished" for r in runs)
-    text = [f"{finished} of {len(runs)} runs finished; mean ± standard deviation over seeds.",
-            "", *lines]
+    text = [
+        f"{finished} of {len(runs)} runs finished; mean ± standard deviation over seeds.",
+        "",
+        *lines,
+    ]
     text += _length_table(rows, keys, head)
     others = [r for r in runs if r.status != "finished"]
     if others:
-        text += ["", "Runs without results:", "",
-                 "| run | status | " + " | ".join(head) + " | detail |",
-                 "|---|---|" + "---|" * len(head) + "---|"]
+        text += [
+            "",
+            "Runs without results:",
+            "",
+            "| run | status | " + " | ".join(head) + " | detail |",
+            "|---|---|" + "---|" * len(head) + "---|",
+        ]
         for r in others:
             values = " | ".join(str(r.values.get(k)) for k in keys)
             text.append(f"| {r.path.name} | {r.status} | {values} | {r.detail} |")
@@ -82,13 +101,20 @@ def _length_table(rows: list[dict[str, Any]], keys: list[str], head: list[str]) 
     """Test BLEU per source-length bucket (mean over seeds), one row per swept combination."""
     buckets: list[str] = []
     for row in rows:  # buckets no test sentence falls in (toy lengths) get no column
-        buckets += [b["bucket"] for b in row["by_length"]
-                    if b["bucket"] not in buckets and b["bleu"] is not None]
+        buckets += [
+            b["bucket"]
+            for b in row["by_length"]
+            if b["bucket"] not in buckets and b["bleu"] is not None
+        ]
     if not buckets:
         return []
-    lines = ["", "Test BLEU by source length (subwords):", "",
-             "| " + " | ".join([*head, *buckets]) + " |",
-             "|" + "---|" * len(head) + "---:|" * len(buckets)]
+    lines = [
+        "",
+        "Test BLEU by source length (subwords):",
+        "",
+        "| " + " | ".join([*head, *buckets]) + " |",
+        "|" + "---|" * len(head) + "---:|" * len(buckets),
+    ]
     for row in rows:
         bleu = {b["bucket"]: b["bleu"] for b in row["by_length"]}
         cells = [*(_cell(row.get(k)) for k in keys), *(_fmt(bleu.get(b), None, 1) for b in buckets)]
@@ -194,16 +220,19 @@ def report(paths: list[Path], out_dir: Path) -> dict[str, Any]:
         if plot_by_length(rows, keys, out_dir / "bleu_by_length.png"):
             written["bleu_by_length"] = out_dir / "bleu_by_length.png"
     except ImportError:
-        print("nmt-report: matplotlib is not installed (pip install -e '.[plot]'): no plots",
-              file=sys.stderr)
+        print(
+            "nmt-report: matplotlib is not installed (pip install -e '.[plot]'): no plots",
+            file=sys.stderr,
+        )
     return {"keys": keys, "rows": rows, "runs": runs, "files": written}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="nmt-report", description=__doc__.split("\n\n")[0])
     parser.add_argument("runs", nargs="+", type=Path, help="run or multirun directories")
-    parser.add_argument("-o", "--out-dir", type=Path,
-                        help="where to write (default: the first directory)")
+    parser.add_argument(
+        "-o", "--out-dir", type=Path, help="where to write (default: the first directory)"
+    )
     args = parser.parse_args(argv)
     try:
         out = report(args.runs, args.out_dir or args.runs[0])

@@ -24,8 +24,13 @@ from nmt.encodings import SIDE_KEYS, used_options
 # sweep job names leave them out. train.device, with train.precision=auto, also picks the
 # precision; results.json records it.
 RUNTIME_KEYS = (
-    "train.device", "train.threads", "train.malloc_keep_mib", "train.tensorboard", "train.resume",
-    "train.log_every", "train.dist_timeout_minutes",
+    "train.device",
+    "train.threads",
+    "train.malloc_keep_mib",
+    "train.tensorboard",
+    "train.resume",
+    "train.log_every",
+    "train.dist_timeout_minutes",
 )
 # Keys holding a machine's paths: never written to results.json. The data cache holds what
 # the other data keys determine; data.root and data.hub_name pick the corpus.
@@ -114,9 +119,20 @@ def encoding_fields(encoding_cfg: Any) -> dict[str, Any]:
 
 
 def results_record(
-    cfg: Any, *, steps: int, epochs: float, train_seconds: float, train_tokens: int,
-    best_valid_bleu: float, parameters: int, wall_seconds: float, device: str, precision: str,
-    world_size: int, averaged: list[str], scores: dict[str, dict[str, Any]],
+    cfg: Any,
+    *,
+    steps: int,
+    epochs: float,
+    train_seconds: float,
+    train_tokens: int,
+    best_valid_bleu: float,
+    parameters: int,
+    wall_seconds: float,
+    device: str,
+    precision: str,
+    world_size: int,
+    averaged: list[str],
+    scores: dict[str, dict[str, Any]],
     resumed_from: str | None,
 ) -> dict[str, Any]:
     """A finished run's results.json; `scores` holds the final decode of each split."""
@@ -140,10 +156,14 @@ def results_record(
         "precision": precision,
         "world_size": world_size,
         "decode": {
-            "beam": d.beam, "alpha": d.alpha, "max_len_a": d.max_len_a, "max_len_b": d.max_len_b
+            "beam": d.beam,
+            "alpha": d.alpha,
+            "max_len_a": d.max_len_a,
+            "max_len_b": d.max_len_b,
         },
         "validation_during_training": {
-            "beam": cfg.train.eval_beam, "max_sentences": cfg.train.eval_max_sentences
+            "beam": cfg.train.eval_beam,
+            "max_sentences": cfg.train.eval_max_sentences,
         },
         "best_valid_bleu_during_training": best_valid_bleu,
         "averaged_checkpoints": averaged,

@@ -42,15 +42,19 @@ def _run_config(run_dir: Path, results: dict[str, Any] | None) -> dict[str, Any]
     if hydra_config.exists():
         return flatten(yaml.safe_load(hydra_config.read_text()) or {})
     if results is not None:  # a run started from Python: the key choices are in results.json
-        config = {"model.name": results.get("model"), "encoding.name": results.get("encoding"),
-                  "data.name": results.get("data"), "seed": results.get("seed"),
-                  "experiment": results.get("experiment")}
+        config = {
+            "model.name": results.get("model"),
+            "encoding.name": results.get("encoding"),
+            "data.name": results.get("data"),
+            "seed": results.get("seed"),
+            "experiment": results.get("experiment"),
+        }
         options = {o for m in all_methods() for o in m.option_names}
         for key, value in results.items():
             if key in options:
                 config[f"encoding.{key}"] = value
-            elif key.startswith("encoding_") and key[len("encoding_"):] in SIDE_KEYS:
-                config[f"encoding.{key[len('encoding_'):]}"] = value
+            elif key.startswith("encoding_") and key[len("encoding_") :] in SIDE_KEYS:
+                config[f"encoding.{key[len('encoding_') :]}"] = value
         return config
     return {}
 
@@ -59,7 +63,7 @@ def _without_unused_encoding_options(config: dict[str, Any]) -> dict[str, Any]:
     """The run's config without the encoding options its methods do not read (an absolute
     run's encoding.k, a relative run's rotary_factor): they must not tell its row apart.
     Configs written before encoding.input / encoding.attention existed get them here."""
-    enc = {key[len("encoding."):]: v for key, v in config.items() if key.startswith("encoding.")}
+    enc = {key[len("encoding.") :]: v for key, v in config.items() if key.startswith("encoding.")}
     if "name" not in enc:
         return config
     try:
@@ -68,8 +72,11 @@ def _without_unused_encoding_options(config: dict[str, Any]) -> dict[str, Any]:
     except ConfigError:  # a preset or method this version does not have: keep every key
         return config
     every = {option for m in all_methods() for option in m.option_names}
-    out = {key: v for key, v in config.items()
-           if not (key.startswith("encoding.") and key[len("encoding."):] in every - used)}
+    out = {
+        key: v
+        for key, v in config.items()
+        if not (key.startswith("encoding.") and key[len("encoding.") :] in every - used)
+    }
     out.update({f"encoding.{key}": enc[key] for key in SIDE_KEYS[1:]})
     return out
 

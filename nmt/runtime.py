@@ -154,9 +154,7 @@ def init_runtime(cfg: Any) -> Runtime:
         backend = "nccl" if device.type == "cuda" else "gloo"
         if device.type == "cuda":
             torch.cuda.set_device(device)
-        dist.init_process_group(
-            backend=backend, timeout=timedelta(minutes=t.dist_timeout_minutes)
-        )
+        dist.init_process_group(backend=backend, timeout=timedelta(minutes=t.dist_timeout_minutes))
     if t.threads > 0:
         torch.set_num_threads(t.threads)
     if device.type == "cpu" and (kept := keep_freed_cpu_memory(t.malloc_keep_mib)):
@@ -164,6 +162,7 @@ def init_runtime(cfg: Any) -> Runtime:
         if kept < t.malloc_keep_mib:
             log.warning(
                 "this glibc caps train.malloc_keep_mib at %d MiB: larger tensors are still "
-                "unmapped on free", kept
+                "unmapped on free",
+                kept,
             )
     return Runtime(device, resolve_precision(t.precision, device), rank, world_size)

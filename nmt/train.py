@@ -40,14 +40,17 @@ def train(cfg: Any, run_dir: str | Path) -> dict[str, Any]:
             log.info(
                 "%s already finished with these settings (test BLEU %.2f): nothing to do. To "
                 "train it again, use another run directory or train.resume=false",
-                run_dir, done["test"]["bleu"],
+                run_dir,
+                done["test"]["bleu"],
             )
             return done
         results = Trainer(cfg, run_dir).run()
     except Exception as err:
         if run_dir.is_dir() and int(os.environ.get("RANK", "0")) == 0:
             failure = {
-                "status": "failed", "error": f"{type(err).__name__}: {err}", "time": time.time()
+                "status": "failed",
+                "error": f"{type(err).__name__}: {err}",
+                "time": time.time(),
             }
             (run_dir / "failed.json").write_text(json.dumps(failure, indent=2))
         raise

@@ -34,8 +34,15 @@ class TrainBatches:
             if len(self._shares) >= 2:
                 del self._shares[min(self._shares)]
             self._shares[epoch] = [
-                split_batches(self.split, self.max_tokens, seed=self.seed, epoch=epoch,
-                              shuffle=True, rank=r, world_size=self.world_size)
+                split_batches(
+                    self.split,
+                    self.max_tokens,
+                    seed=self.seed,
+                    epoch=epoch,
+                    shuffle=True,
+                    rank=r,
+                    world_size=self.world_size,
+                )
                 for r in range(self.world_size)
             ]
         return self._shares[epoch]

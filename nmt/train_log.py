@@ -84,13 +84,25 @@ def tensorboard_writer(run_dir: Path) -> Any:
 
 
 def train_record(
-    *, step: int, epoch: int, loss: float, nll: float, lr: float, tokens_per_s: float,
+    *,
+    step: int,
+    epoch: int,
+    loss: float,
+    nll: float,
+    lr: float,
+    tokens_per_s: float,
     elapsed_s: float,
 ) -> dict[str, Any]:
     """A metrics.jsonl row of training (loss and NLL per target token over the window)."""
     return {
-        "split": "train", "step": step, "epoch": epoch, "loss": loss, "nll": nll,
-        "ppl": math.exp(min(nll, 50)), "lr": lr, "tokens_per_s": tokens_per_s,
+        "split": "train",
+        "step": step,
+        "epoch": epoch,
+        "loss": loss,
+        "nll": nll,
+        "ppl": math.exp(min(nll, 50)),
+        "lr": lr,
+        "tokens_per_s": tokens_per_s,
         "elapsed_s": elapsed_s,
     }
 
@@ -99,8 +111,15 @@ def log_train(record: dict[str, Any], total_steps: int | None, eta_s: float) -> 
     """The progress line of a training record."""
     log.info(
         "step %d/%s | epoch %d | loss %.3f | ppl %.2f | lr %.2e | %s tok/s | %s elapsed | ETA %s",
-        record["step"], total_steps or "?", record["epoch"] + 1, record["loss"], record["ppl"],
-        record["lr"], f"{record['tokens_per_s']:,.0f}", hms(record["elapsed_s"]), hms(eta_s),
+        record["step"],
+        total_steps or "?",
+        record["epoch"] + 1,
+        record["loss"],
+        record["ppl"],
+        record["lr"],
+        f"{record['tokens_per_s']:,.0f}",
+        hms(record["elapsed_s"]),
+        hms(eta_s),
     )
 
 
@@ -108,6 +127,11 @@ def log_validation(record: dict[str, Any]) -> None:
     """The line of a validation record."""
     log.info(
         "valid step %d | loss %.3f | ppl %.2f | BLEU %.2f | chrF %.2f (%s, %s sentences)",
-        record["step"], record["loss"], record["ppl"], record["bleu"], record["chrf"],
-        record["search"], record["sentences"],
+        record["step"],
+        record["loss"],
+        record["ppl"],
+        record["bleu"],
+        record["chrf"],
+        record["search"],
+        record["sentences"],
     )

@@ -19,23 +19,18 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from nmt.checkpoint import (
-    average_checkpoints,
-    numbered_checkpoints,
-    remove_partial_writes,
-    save_checkpoint,
-)
+from nmt.checkpoint import remove_partial_writes
 from nmt.config import decode_settings, validate
 from nmt.data import prepare_data
 from nmt.data.batching import collate
 from nmt.errors import TrainingError
-from nmt.evaluation import evaluate_split
 from nmt.model import Transformer, build_model, parameter_counts
-from nmt.objective import build_optimization, label_smoothed_loss, split_loss
+from nmt.objective import build_optimization, label_smoothed_loss
 from nmt.results import results_record, write_results
+from nmt.run_scoring import average_last, final_scores, validation_record
 from nmt.runtime import init_runtime
 from nmt.train_batches import Batch, TrainBatches
-from nmt.train_log import MetricsLog, Window, log_train, log_validation, train_record
+from nmt.train_log import MetricsLog, Window, log_train, train_record
 from nmt.training_state import (
     CheckpointKeeper,
     Progress,
@@ -77,8 +72,13 @@ class Trainer:
         self.progress = Progress()
         self.keeper = CheckpointKeeper(self.run_dir, t.keep_last)
         self.resumed_from: str | None = None
-        self.batches = TrainBatches(self.train_split, t.max_tokens, seed=cfg.seed,
-                                    rank=self.rt.rank, world_size=self.rt.world_size)
+        self.batches = TrainBatches(
+            self.train_split,
+            t.max_tokens,
+            seed=cfg.seed,
+            rank=self.rt.rank,
+            world_size=self.rt.world_size,
+        )
         self._maybe_resume()
         if self.rt.is_main and (self.run_dir / "results.json").exists():
             # Results of another budget, beam or attempt: kept aside, so a run cut from here
@@ -232,8 +232,13 @@ class Trainer:
         if rt.is_main:
             log.info(
                 "model=%s encoding=%s parameters=%s device=%s precision=%s world_size=%d "
-                "run_dir=%s", cfg.model.name, cfg.encoding.name,
-                f"{self.param_counts['total']:,}", rt.device, rt.precision, rt.world_size,
+                "run_dir=%s",
+                cfg.model.name,
+                cfg.encoding.name,
+                f"{self.param_counts['total']:,}",
+                rt.device,
+                rt.precision,
+                rt.world_size,
                 self.run_dir,
             )
 
@@ -251,8 +256,11 @@ class Trainer:
         if len(bad):
             step, _, lr = pending[int(bad[0])]
             value = values[int(bad[0])].item()
-            what = (f"became {value}" if not math.isfinite(value)
-                    else "became non-finite on another rank")
+            what = (
+                f"became {value}"
+                if not math.isfinite(value)
+                else "became non-finite on another rank"
+            )
             raise TrainingError(
                 f"the loss {what} at step {step} (learning rate "
                 f"{lr:.3g}); the last good checkpoint is kept in {self.run_dir}. Lower "
@@ -273,9 +281,13 @@ class Trainer:
         rate = steps_done / max(time.perf_counter() - self._started, 1e-9)
         total = self._total_steps()
         record = train_record(
-            step=p.step, epoch=p.epoch, loss=(loss_sum / tokens).item(),
-            nll=(nll_sum / tokens).item(), lr=self.optimizer.param_groups[0]["lr"],
-            tokens_per_s=tokens / max(self._window.seconds, 1e-9), elapsed_s=elapsed,
+            step=p.step,
+            epoch=p.epoch,
+            loss=(loss_sum / tokens).item(),
+            nll=(nll_sum / tokens).item(),
+            lr=self.optimizer.param_groups[0]["lr"],
+            tokens_per_s=tokens / max(self._window.seconds, 1e-9),
+            elapsed_s=elapsed,
         )
         self.metrics.record(record)
         if self.rt.is_main:
@@ -310,8 +322,13 @@ class Trainer:
         rank_rng = rank_rng_states(self.rt.world_size)  # a collective: every rank takes part
         if self.rt.is_main:
             state = training_state(
-                cfg=self.cfg, vocab=self.vocab, model=self.model, optimizer=self.optimizer,
-                scheduler=self.scheduler, scaler=self.scaler, progress=self.progress,
+                cfg=self.cfg,
+                vocab=self.vocab,
+                model=self.model,
+                optimizer=self.optimizer,
+                scheduler=self.scheduler,
+                scaler=self.scaler,
+                progress=self.progress,
                 rank_rng=rank_rng,
             )
             self.keeper.save(state, self.progress.step, best=best)
@@ -321,74 +338,49 @@ class Trainer:
         if not (self.cfg.train.resume and last.exists()):
             return
         resume(
-            last, cfg=self.cfg, vocab=self.vocab, model=self.model, optimizer=self.optimizer,
-            scheduler=self.scheduler, scaler=self.scaler, progress=self.progress,
-            rank=self.rt.rank, world_size=self.rt.world_size,
+            last,
+            cfg=self.cfg,
+            vocab=self.vocab,
+            model=self.model,
+            optimizer=self.optimizer,
+            scheduler=self.scheduler,
+            scaler=self.scaler,
+            progress=self.progress,
+            rank=self.rt.rank,
+            world_size=self.rt.world_size,
         )
         self.resumed_from = last.name
 
-    def _decode(
-        self, split: str, settings: Any, max_sentences: int, hyp_path: Path | None
-    ) -> dict[str, Any]:
-        with self.rt.autocast():
-            return evaluate_split(
-                self.model, self.vocab, self.data.splits[split], settings,
-                device=self.rt.device, max_sentences=max_sentences, hyp_path=hyp_path,
-                progress=False,
-            )
-
     def _validate(self) -> float:
-        t, p = self.cfg.train, self.progress
-        started = time.perf_counter()
-        losses = split_loss(
-            self.model, self.data.splits["valid"], max_tokens=self.cfg.train.max_tokens,
-            label_smoothing=self.cfg.train.label_smoothing, runtime=self.rt,
+        record = validation_record(
+            self.model, self.data, self.cfg, self.validation_decode, self.rt, self.progress.step
         )
-        scores = self._decode("valid", self.validation_decode, t.eval_max_sentences, None)
-        search = "greedy" if t.eval_beam == 1 else f"beam{t.eval_beam}"
-        record = {
-            "split": "valid", "step": p.step, **losses, "bleu": scores["bleu"],
-            "chrf": scores["chrf"], "search": scores.get("search", search),
-            "sentences": scores.get("sentences"), "seconds": time.perf_counter() - started,
-        }
         self.metrics.record(record)
-        log_validation(record)
-        return float(scores["bleu"])
+        return float(record["bleu"])
 
     # -- the end of the run ---------------------------------------------------------------
 
     def _finish(self) -> dict[str, Any]:
         """Average the last checkpoints (train.average_last), decode the validation and test
         sets with the model that results, and write results.json."""
-        cfg, p, d = self.cfg, self.progress, self.cfg.decode
-        averaged: list[str] = []
-        if cfg.train.average_last > 1:
-            paths = numbered_checkpoints(self.run_dir)[-cfg.train.average_last :]
-            if len(paths) > 1:
-                averaged_state = average_checkpoints(paths)
-                self.model.load_state_dict(averaged_state["model"])
-                save_checkpoint(self.run_dir / "checkpoint_averaged.pt", averaged_state)
-                averaged = [x.name for x in paths]
-        scores = {}
-        for split in ("valid", "test"):
-            started = time.perf_counter()
-            hyp_path = self.run_dir / f"{split}.hyp.txt"
-            scores[split] = self._decode(split, self.final_decode, 0, hyp_path)
-            scores[split]["seconds"] = time.perf_counter() - started
-            log.info(
-                "%s | BLEU %.2f | chrF %.2f | beam %d alpha %.2f | %s", split,
-                scores[split]["bleu"], scores[split]["chrf"], d.beam, d.alpha,
-                scores[split].get("bleu_signature", ""),
-            )
+        cfg, p = self.cfg, self.progress
+        averaged = average_last(self.model, self.run_dir, cfg.train.average_last)
+        scores = final_scores(self.model, self.data, self.final_decode, self.rt, self.run_dir)
         results = results_record(
-            cfg, steps=p.step,
+            cfg,
+            steps=p.step,
             epochs=p.epoch + p.batch_in_epoch / max(len(self.batches.of_epoch(p.epoch)), 1),
-            train_seconds=p.train_seconds, train_tokens=p.tokens, best_valid_bleu=p.best_bleu,
-            parameters=self.param_counts["total"], wall_seconds=time.perf_counter() - self.created,
-            device=str(self.rt.device), precision=self.rt.precision,
-            world_size=self.rt.world_size, averaged=averaged, scores=scores,
+            train_seconds=p.train_seconds,
+            train_tokens=p.tokens,
+            best_valid_bleu=p.best_bleu,
+            parameters=self.param_counts["total"],
+            wall_seconds=time.perf_counter() - self.created,
+            device=str(self.rt.device),
+            precision=self.rt.precision,
+            world_size=self.rt.world_size,
+            averaged=averaged,
+            scores=scores,
             resumed_from=self.resumed_from,
         )
         log.info("results written to %s", write_results(self.run_dir, results))
         return results
-

@@ -47,7 +47,9 @@ class Progress:
 def rng_state() -> dict[str, Any]:
     """This process's random generators: torch (and CUDA), Python's and NumPy's."""
     state = {
-        "torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
     }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
@@ -73,8 +75,14 @@ def rank_rng_states(world_size: int) -> list[dict[str, Any]]:
 
 
 def training_state(
-    *, cfg: Any, vocab: Any, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-    scheduler: Any, scaler: torch.amp.GradScaler, progress: Progress,
+    *,
+    cfg: Any,
+    vocab: Any,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    scaler: torch.amp.GradScaler,
+    progress: Progress,
     rank_rng: list[dict[str, Any]],
 ) -> dict[str, Any]:
     """The checkpoint of a training run: the weights, what decoding needs (config and
@@ -95,9 +103,17 @@ def training_state(
 
 
 def resume(
-    path: Path, *, cfg: Any, vocab: Any, model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer, scheduler: Any, scaler: torch.amp.GradScaler,
-    progress: Progress, rank: int, world_size: int,
+    path: Path,
+    *,
+    cfg: Any,
+    vocab: Any,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    scaler: torch.amp.GradScaler,
+    progress: Progress,
+    rank: int,
+    world_size: int,
 ) -> None:
     """Load the training state at `path` into the run's parts; `CheckpointError` if it is
     another model or vocabulary than `cfg` trains."""

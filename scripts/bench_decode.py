@@ -70,7 +70,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--limit", type=int, default=0, help="decode only the first N non-empty lines")
     p.add_argument(
-        "--encodings", default=",".join(training_presets()),
+        "--encodings",
+        default=",".join(training_presets()),
         help="comma-separated presets (default: every preset that trains a different model)",
     )
     p.add_argument("--checkpoint", help="use this model and vocabulary instead (one encoding)")

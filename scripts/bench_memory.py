@@ -37,7 +37,9 @@ def _naive_relative_attention(attn, x: torch.Tensor) -> torch.Tensor:
     pos = attn.positions
     B, N, D = x.shape
     H, d = attn.heads, attn.d_head
-    q, k, v = (p(x).view(B, N, H, d).transpose(1, 2) for p in (attn.q_proj, attn.k_proj, attn.v_proj))
+    q, k, v = (
+        p(x).view(B, N, H, d).transpose(1, 2) for p in (attn.q_proj, attn.k_proj, attn.v_proj)
+    )
     index = pos.bucket_index(0, N, N, x.device)
     a_k, a_v = pos.edge_keys[:, index], pos.edge_values[:, index]  # (H, N, N, d)
     scores = (q @ k.transpose(-1, -2) + torch.einsum("bhid,hijd->bhij", q, a_k)) * pos.scale
@@ -74,7 +76,11 @@ def measure(encoding: str, length: int, model: str = "base", part: str = "layer"
     def step(n: int) -> None:
         x = torch.randn(1, n, m.d_model, device=device, requires_grad=True)
         h = inputs(x) if inputs is not None else x
-        out = layer(h, pad[:, :n]) if part == "layer" else layer.self_attn(h, key_padding_mask=pad[:, :n])
+        out = (
+            layer(h, pad[:, :n])
+            if part == "layer"
+            else layer.self_attn(h, key_padding_mask=pad[:, :n])
+        )
         out.sum().backward()
 
     step(8)  # kernels, allocator and parameter gradients exist before the measured pass
@@ -92,10 +98,23 @@ def measure(encoding: str, length: int, model: str = "base", part: str = "layer"
     return (_status_kib("VmHWM") - base) / 1024
 
 
-def measure_in_fresh_process(encoding: str, length: int, model: str = "base", part: str = "layer") -> float:
+def measure_in_fresh_process(
+    encoding: str, length: int, model: str = "base", part: str = "layer"
+) -> float:
     out = subprocess.run(
-        [sys.executable, __file__, "--worker", encoding, str(length), "--model", model, "--part", part],
-        capture_output=True, text=True,
+        [
+            sys.executable,
+            __file__,
+            "--worker",
+            encoding,
+            str(length),
+            "--model",
+            model,
+            "--part",
+            part,
+        ],
+        capture_output=True,
+        text=True,
     )
     if out.returncode != 0:
         raise RuntimeError(f"{encoding} at N={length} failed:\n{out.stderr[-2000:]}")
@@ -111,8 +130,13 @@ def write_plot(results: dict[str, dict[int, float]], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     for name, points in results.items():
         lengths = sorted(points)
-        ax.plot(lengths, [points[n] for n in lengths], marker="o", label=name,
-                linestyle="--" if name == "naive" else "-")
+        ax.plot(
+            lengths,
+            [points[n] for n in lengths],
+            marker="o",
+            label=name,
+            linestyle="--" if name == "naive" else "-",
+        )
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ax.set_xlabel("sequence length N (batch 1)")
@@ -128,20 +152,33 @@ def write_plot(results: dict[str, dict[int, float]], path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "--encodings", help="comma-separated presets (default: every preset that trains a "
+        "--encodings",
+        help="comma-separated presets (default: every preset that trains a "
         "different model, nmt.config.training_presets)",
     )
     parser.add_argument("--lengths", default=",".join(map(str, LENGTHS)))
     parser.add_argument("--model", default="base")
-    parser.add_argument("--part", choices=PARTS, default="layer",
-                        help="the whole encoder layer, or its self-attention alone")
-    parser.add_argument("--naive-max-len", type=int, default=1024,
-                        help="longest N for the naive (N, N, d) curve; 0 leaves it out")
+    parser.add_argument(
+        "--part",
+        choices=PARTS,
+        default="layer",
+        help="the whole encoder layer, or its self-attention alone",
+    )
+    parser.add_argument(
+        "--naive-max-len",
+        type=int,
+        default=1024,
+        help="longest N for the naive (N, N, d) curve; 0 leaves it out",
+    )
     parser.add_argument("--out-dir", type=Path, default=Path("bench_results"))
     parser.add_argument("--worker", nargs=2, metavar=("ENCODING", "N"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        print(json.dumps({"extra_mib": measure(args.worker[0], int(args.worker[1]), args.model, args.part)}))
+        print(
+            json.dumps(
+                {"extra_mib": measure(args.worker[0], int(args.worker[1]), args.model, args.part)}
+            )
+        )
         return
 
     lengths = [int(n) for n in args.lengths.split(",")]
@@ -157,7 +194,9 @@ def main() -> None:
         for n in lengths:
             if name == "naive" and n > args.naive_max_len:
                 continue
-            results.setdefault(name, {})[n] = mib = measure_in_fresh_process(name, n, args.model, args.part)
+            results.setdefault(name, {})[n] = mib = measure_in_fresh_process(
+                name, n, args.model, args.part
+            )
             print(f"{name:>14} N={n:<5} {mib:9.1f} MiB", flush=True)
 
     device = "cuda " + torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU (VmHWM)"
@@ -184,9 +223,16 @@ def main() -> None:
     print(table)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     (args.out_dir / "bench_memory.md").write_text(table + "\n")
-    (args.out_dir / "bench_memory.json").write_text(json.dumps(
-        {"model": args.model, "device": device, "mib": {k: {str(n): v for n, v in p.items()}
-                                                          for k, p in results.items()}}, indent=1))
+    (args.out_dir / "bench_memory.json").write_text(
+        json.dumps(
+            {
+                "model": args.model,
+                "device": device,
+                "mib": {k: {str(n): v for n, v in p.items()} for k, p in results.items()},
+            },
+            indent=1,
+        )
+    )
     write_plot(results, args.out_dir / "bench_memory.png")
 
 

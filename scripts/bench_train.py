@@ -45,6 +45,7 @@ from nmt.runtime import (
     synchronize,
 )
 
+
 def matmul_peak_flops(
     device: torch.device, dtype: torch.dtype, size: int = 2048, repeats: int = 5
 ) -> float:
@@ -91,7 +92,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. model=small")
     parser.add_argument(
-        "--encodings", default=",".join(training_presets()),
+        "--encodings",
+        default=",".join(training_presets()),
         help="comma-separated presets (default: every preset that trains a different model)",
     )
     parser.add_argument("--corpus", default="multi30k,newstest")
@@ -100,8 +102,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--threads", type=int, default=0)
-    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
-                        help="bf16: autocast, as train.precision=bf16")
+    parser.add_argument(
+        "--precision",
+        choices=("fp32", "bf16"),
+        default="fp32",
+        help="bf16: autocast, as train.precision=bf16",
+    )
     parser.add_argument("--device", default="cpu", help="cpu, cuda, mps or auto")
     parser.add_argument("--out-dir", type=Path, default=Path("bench_results"))
     args = parser.parse_args()
@@ -113,8 +119,10 @@ def main() -> None:
     names = args.encodings.split(",")
     unknown = [n for n in names if n not in encoding_presets()]
     if unknown:
-        sys.exit(f"bench_train: unknown encoding {', '.join(unknown)}; "
-                 f"choose from {', '.join(encoding_presets())}")
+        sys.exit(
+            f"bench_train: unknown encoding {', '.join(unknown)}; "
+            f"choose from {', '.join(encoding_presets())}"
+        )
     device = resolve_device(args.device)
     # As nmt-train does (train.malloc_keep_mib); pass train.malloc_keep_mib=0 for glibc's defaults.
     base = compose(args.overrides)
@@ -144,7 +152,7 @@ def main() -> None:
         times: dict[str, list[float]] = {n: [] for n in names}
         started = time.perf_counter()
         for round_ in range(args.warmup + args.rounds):
-            for name in names[round_ % len(names):] + names[: round_ % len(names)]:
+            for name in names[round_ % len(names) :] + names[: round_ % len(names)]:
                 cfg, model, optimizer, _ = models[name]
                 synchronize(device)
                 start = time.perf_counter()
@@ -158,10 +166,13 @@ def main() -> None:
                 synchronize(device)
                 if round_ >= args.warmup:
                     times[name].append(time.perf_counter() - start)
-            print(f"{corpus}: round {round_ + 1}/{args.warmup + args.rounds}"
-                  f"{' (warm-up)' if round_ < args.warmup else ''}, "
-                  f"{time.perf_counter() - started:.0f} s",
-                  file=sys.stderr, flush=True)
+            print(
+                f"{corpus}: round {round_ + 1}/{args.warmup + args.rounds}"
+                f"{' (warm-up)' if round_ < args.warmup else ''}, "
+                f"{time.perf_counter() - started:.0f} s",
+                file=sys.stderr,
+                flush=True,
+            )
         tokens = sum(b.tgt_tokens for b in batches)
 
         for name in names:
@@ -170,16 +181,23 @@ def main() -> None:
             to_abs = round_ratios(times, "absolute", name)
             to_rel = round_ratios(times, "relative", name)
             median = statistics.median(times[name])
-            rows.append({
-                "corpus": corpus, "encoding": name, "tokens_per_s": tokens / median,
-                "ratio_to_absolute": statistics.median(to_abs) if to_abs else None,
-                "ratio_to_absolute_range": [min(to_abs), max(to_abs)] if to_abs else None,
-                "ratio_to_relative": statistics.median(to_rel) if to_rel else None,
-                "mfu": flops / median / peak,
-            })
-        raw[corpus] = {"times": times, "target_tokens_per_round": tokens,
-                       "mean_src_len": statistics.mean(b.src.size(1) for b in batches),
-                       "mean_tgt_len": statistics.mean(b.tgt_in.size(1) for b in batches)}
+            rows.append(
+                {
+                    "corpus": corpus,
+                    "encoding": name,
+                    "tokens_per_s": tokens / median,
+                    "ratio_to_absolute": statistics.median(to_abs) if to_abs else None,
+                    "ratio_to_absolute_range": [min(to_abs), max(to_abs)] if to_abs else None,
+                    "ratio_to_relative": statistics.median(to_rel) if to_rel else None,
+                    "mfu": flops / median / peak,
+                }
+            )
+        raw[corpus] = {
+            "times": times,
+            "target_tokens_per_round": tokens,
+            "mean_src_len": statistics.mean(b.src.size(1) for b in batches),
+            "mean_tgt_len": statistics.mean(b.tgt_in.size(1) for b in batches),
+        }
     lines = [
         f"{describe_hardware(device)}, torch {torch.__version__}, {args.precision}; "
         f"{args.precision} matmul peak {peak / 1e9:,.0f} GFLOP/s; overrides: "
@@ -200,18 +218,28 @@ def main() -> None:
         spread = r["ratio_to_absolute_range"]
         ratio = fmt(r["ratio_to_absolute"])
         ratio += f" ({spread[0]:.3f}-{spread[1]:.3f})" if spread else ""
-        lines.append(f"| {r['corpus']} | {r['encoding']} | {r['tokens_per_s']:,.0f} | {ratio} "
-                     f"| {fmt(r['ratio_to_relative'])} | {r['mfu']:.1%} |")
+        lines.append(
+            f"| {r['corpus']} | {r['encoding']} | {r['tokens_per_s']:,.0f} | {ratio} "
+            f"| {fmt(r['ratio_to_relative'])} | {r['mfu']:.1%} |"
+        )
     table = "\n".join(lines)
     print(table)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     (args.out_dir / "bench_train.md").write_text(table + "\n")
-    meta = {"hardware": describe_hardware(device), "torch": torch.__version__,
-            "precision": args.precision,
-            "overrides": args.overrides, "batches": args.batches, "max_tokens": args.max_tokens,
-            "warmup": args.warmup, "rounds": args.rounds, "malloc_keeps_freed": keeps_freed}
+    meta = {
+        "hardware": describe_hardware(device),
+        "torch": torch.__version__,
+        "precision": args.precision,
+        "overrides": args.overrides,
+        "batches": args.batches,
+        "max_tokens": args.max_tokens,
+        "warmup": args.warmup,
+        "rounds": args.rounds,
+        "malloc_keeps_freed": keeps_freed,
+    }
     (args.out_dir / "bench_train.json").write_text(
-        json.dumps({"meta": meta, "rows": rows, "raw": raw, "peak_flops": peak}, indent=1))
+        json.dumps({"meta": meta, "rows": rows, "raw": raw, "peak_flops": peak}, indent=1)
+    )
 
 
 if __name__ == "__main__":

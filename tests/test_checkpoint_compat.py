@@ -11,11 +11,29 @@ from nmt.config import compose, to_container, training_presets
 from nmt.model import build_model
 
 # The encoding keys of the last version without the two sides.
-OLD_ENCODING_KEYS = ("name", "k", "keys", "values", "share_heads", "max_len", "rotary_base",
-                     "rotary_scaling", "rotary_factor", "rotary_train_len")
+OLD_ENCODING_KEYS = (
+    "name",
+    "k",
+    "keys",
+    "values",
+    "share_heads",
+    "max_len",
+    "rotary_base",
+    "rotary_scaling",
+    "rotary_factor",
+    "rotary_train_len",
+)
 # Presets that existed then.
-OLD_PRESETS = ("absolute", "learned", "relative", "relative_keys", "relative_values", "combined",
-               "rotary", "none")
+OLD_PRESETS = (
+    "absolute",
+    "learned",
+    "relative",
+    "relative_keys",
+    "relative_values",
+    "combined",
+    "rotary",
+    "none",
+)
 
 
 def old_config(cfg) -> dict:

@@ -21,7 +21,9 @@ def make_split(n: int = 600, seed: int = 0) -> EncodedSplit:
         lt = max(0, ls + int(rng.integers(-5, 6)))
         src.append(list(rng.integers(4, 100, ls)))
         tgt.append(list(rng.integers(4, 100, lt)))
-    return EncodedSplit("synthetic", RaggedIds.from_lists(src, append=EOS), RaggedIds.from_lists(tgt))
+    return EncodedSplit(
+        "synthetic", RaggedIds.from_lists(src, append=EOS), RaggedIds.from_lists(tgt)
+    )
 
 
 @pytest.fixture(scope="module")
@@ -57,8 +59,11 @@ def test_every_batch_within_budget_counting_padded_positions(split):
 def test_over_long_pair_gets_its_own_batch():
     src_lens, tgt_lens = [5, 500, 6, 7], [5, 400, 6, 7]
     batches = token_budget_batches(src_lens, tgt_lens, 100, seed=0, epoch=0)
-    assert all(len(b) * (max(src_lens[i] for i in b) + max(tgt_lens[i] for i in b)) <= 100
-               for b in batches if b != [1])
+    assert all(
+        len(b) * (max(src_lens[i] for i in b) + max(tgt_lens[i] for i in b)) <= 100
+        for b in batches
+        if b != [1]
+    )
     assert [1] in batches
     assert sorted(i for b in batches for i in b) == [0, 1, 2, 3]
 
@@ -86,7 +91,8 @@ src, tgt = np.load(sys.argv[1]), np.load(sys.argv[2])
 stop_epoch, stop_pos = int(sys.argv[3]), int(sys.argv[4])
 np.random.seed(99)  # a restarted process has other global RNG state, hash seed and history
 out = token_budget_batches(src, tgt, 2000, seed=5, epoch=stop_epoch)[stop_pos:]
-out += [b for e in range(stop_epoch + 1, 4) for b in token_budget_batches(src, tgt, 2000, seed=5, epoch=e)]
+for e in range(stop_epoch + 1, 4):
+    out += token_budget_batches(src, tgt, 2000, seed=5, epoch=e)
 print(json.dumps(out))
 """
 
@@ -102,12 +108,25 @@ def test_resume_in_a_new_process_sees_the_same_order(split, tmp_path):
     src, tgt = split.src_lens, split.tgt_lens + 1
     np.save(tmp_path / "src.npy", src)
     np.save(tmp_path / "tgt.npy", tgt)
-    uninterrupted = [b for e in range(4) for b in token_budget_batches(src, tgt, 2000, seed=5, epoch=e)]
+    uninterrupted = [
+        b for e in range(4) for b in token_budget_batches(src, tgt, 2000, seed=5, epoch=e)
+    ]
     seen = [b for e in range(2) for b in token_budget_batches(src, tgt, 2000, seed=5, epoch=e)]
     seen += token_budget_batches(src, tgt, 2000, seed=5, epoch=2)[:7]
     out = subprocess.run(
-        [sys.executable, "-c", RESUMED_BATCHES, str(tmp_path / "src.npy"), str(tmp_path / "tgt.npy"), "2", "7"],
-        capture_output=True, text=True, check=True, env={**os.environ, "PYTHONHASHSEED": "12345"},
+        [
+            sys.executable,
+            "-c",
+            RESUMED_BATCHES,
+            str(tmp_path / "src.npy"),
+            str(tmp_path / "tgt.npy"),
+            "2",
+            "7",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PYTHONHASHSEED": "12345"},
     ).stdout
     assert seen + json.loads(out) == uninterrupted
 
@@ -115,7 +134,9 @@ def test_resume_in_a_new_process_sees_the_same_order(split, tmp_path):
 @pytest.mark.parametrize("world_size", [2, 3])
 def test_ranks_get_disjoint_equal_shares_covering_the_epoch(split, world_size):
     for epoch in range(2):
-        shards = [batches_of(split, epoch=epoch, rank=r, world_size=world_size) for r in range(world_size)]
+        shards = [
+            batches_of(split, epoch=epoch, rank=r, world_size=world_size) for r in range(world_size)
+        ]
         assert len({len(s) for s in shards}) == 1  # same number of steps on every rank
         sets = [{i for b in s for i in b} for s in shards]
         for a in range(world_size):
@@ -144,7 +165,9 @@ def test_unshuffled_batches_are_sorted_by_length(split):
 
 def test_collate_pads_and_adds_bos_eos():
     split = EncodedSplit(
-        "tiny", RaggedIds.from_lists([[5, 6, 7], [8]], append=EOS), RaggedIds.from_lists([[9, 10], []])
+        "tiny",
+        RaggedIds.from_lists([[5, 6, 7], [8]], append=EOS),
+        RaggedIds.from_lists([[9, 10], []]),
     )
     b = collate(split, [0, 1])
     assert b.src.tolist() == [[5, 6, 7, EOS], [8, EOS, PAD, PAD]]
@@ -160,7 +183,10 @@ def test_from_texts_encodes_input_for_translation(tmp_path):
     from nmt.data import train_vocabulary
 
     vocab = train_vocabulary(
-        ["a b c d", "b c d e", "c d e f"] * 50, tmp_path / "v.model", vocab_size=270, model_type="bpe"
+        ["a b c d", "b c d e", "c d e f"] * 50,
+        tmp_path / "v.model",
+        vocab_size=270,
+        model_type="bpe",
     )
     split = EncodedSplit.from_texts(vocab, ["a b c", "d e"])
     assert [int(s[-1]) for s in split.src] == [EOS, EOS]

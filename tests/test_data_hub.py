@@ -19,9 +19,13 @@ def dataset_dict(per_language_columns: bool = False) -> datasets.DatasetDict:
     splits = {}
     for split, pairs in PAIRS.items():
         if per_language_columns:
-            splits[split] = datasets.Dataset.from_dict({"en": [e for e, _ in pairs], "de": [d for _, d in pairs]})
+            splits[split] = datasets.Dataset.from_dict(
+                {"en": [e for e, _ in pairs], "de": [d for _, d in pairs]}
+            )
         else:
-            features = datasets.Features({"translation": datasets.Translation(languages=["de", "en"])})
+            features = datasets.Features(
+                {"translation": datasets.Translation(languages=["de", "en"])}
+            )
             rows = [{"en": e, "de": d} for e, d in pairs]
             splits[split] = datasets.Dataset.from_dict({"translation": rows}, features=features)
     return datasets.DatasetDict(splits)
@@ -34,8 +38,16 @@ def _hf_cache_in_tmp(tmp_path, monkeypatch):
 
 
 def hub_cfg(name, cache, *extra):
-    return compose(["data=hub", f"data.hub_name={name}", f"data.cache_dir={cache}",
-                    "data.vocab_size=300", "data.spm_model_type=bpe", *extra]).data
+    return compose(
+        [
+            "data=hub",
+            f"data.hub_name={name}",
+            f"data.cache_dir={cache}",
+            "data.vocab_size=300",
+            "data.spm_model_type=bpe",
+            *extra,
+        ]
+    ).data
 
 
 def check(data):
@@ -60,8 +72,15 @@ def test_parquet_files_and_reverse_direction(tmp_path):
         ds.to_parquet(str(root / f"{split}-00000-of-00001.parquet"))
     data = prepare_data(hub_cfg(tmp_path / "pq", tmp_path / "cache", "data.hub_config=de-en"))
     check(data)
-    rev = prepare_data(hub_cfg(tmp_path / "pq", tmp_path / "cache", "data.hub_config=de-en",
-                               "data.src=de", "data.tgt=en"))
+    rev = prepare_data(
+        hub_cfg(
+            tmp_path / "pq",
+            tmp_path / "cache",
+            "data.hub_config=de-en",
+            "data.src=de",
+            "data.tgt=en",
+        )
+    )
     assert rev.splits["test"].src_text[0] == "die Katze läuft" and rev.path != data.path
 
 
@@ -72,12 +91,21 @@ def test_chunks_are_the_split_in_order(tmp_path):
     rows = [{"en": f"sentence {i}", "de": f"Satz {i}"} for i in range(23)]
     features = datasets.Features({"translation": datasets.Translation(languages=["de", "en"])})
     ds = datasets.Dataset.from_dict({"translation": rows}, features=features)
-    datasets.DatasetDict({"train": ds, "validation": ds, "test": ds}).save_to_disk(str(tmp_path / "saved"))
-    corpus = HubCorpus(str(tmp_path / "saved"), None, "en", "de",
-                       {"train": "train", "valid": "validation", "test": "test"})
+    datasets.DatasetDict({"train": ds, "validation": ds, "test": ds}).save_to_disk(
+        str(tmp_path / "saved")
+    )
+    corpus = HubCorpus(
+        str(tmp_path / "saved"),
+        None,
+        "en",
+        "de",
+        {"train": "train", "valid": "validation", "test": "test"},
+    )
     corpus.dataset["train"] = corpus.dataset["train"].shuffle(seed=0)
     whole = corpus.read("train")
-    assert sorted(whole.src) == sorted(r["en"] for r in rows) and whole.src != [r["en"] for r in rows]
+    assert sorted(whole.src) == sorted(r["en"] for r in rows) and whole.src != [
+        r["en"] for r in rows
+    ]
     chunks = list(corpus.chunks("train", 5))
     assert [len(c) for c in chunks] == [5, 5, 5, 5, 3]
     assert [s for c in chunks for s in c.src] == whole.src
@@ -92,7 +120,10 @@ def test_one_column_per_language(tmp_path):
 
 def test_unknown_split_and_language_pair(tmp_path):
     dataset_dict().save_to_disk(str(tmp_path / "saved"))
-    with pytest.raises(DataError, match=r"unknown split 'valid' \(data.valid_split\) .* it has test, train, validation"):
+    with pytest.raises(
+        DataError,
+        match=r"unknown split 'valid' \(data.valid_split\) .* it has test, train, validation",
+    ):
         prepare_data(hub_cfg(tmp_path / "saved", tmp_path / "cache", "data.valid_split=valid"))
     with pytest.raises(DataError, match="unknown language pair en-fr .* it has de, en"):
         prepare_data(hub_cfg(tmp_path / "saved", tmp_path / "cache", "data.tgt=fr"))
@@ -104,5 +135,7 @@ def test_unreachable_dataset_says_how_to_work_offline(tmp_path, monkeypatch):
         raise ConnectionError("no network")
 
     monkeypatch.setattr(datasets, "load_dataset", offline)
-    with pytest.raises(DataError, match="cannot load dataset data.hub_name='wmt/wmt14'.*local copy"):
+    with pytest.raises(
+        DataError, match="cannot load dataset data.hub_name='wmt/wmt14'.*local copy"
+    ):
         prepare_data(compose(["data=wmt14_en_de", f"data.cache_dir={tmp_path}"]).data)

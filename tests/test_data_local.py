@@ -15,8 +15,12 @@ import nmt.data.prepare as prepare_mod
 from nmt.config import ConfigError, DataConfig
 from nmt.data import EOS, DataError, prepare_data
 
-EN = "the a cat dog sees runs house tree big small red blue man woman child plays with on in".split()
-DE = "der die das Katze Hund sieht läuft Haus Baum groß klein rot blau Mann Frau Kind spielt mit auf".split()
+EN = (
+    "the a cat dog sees runs house tree big small red blue man woman child plays with on in".split()
+)
+DE = (
+    "der die das Katze Hund sieht läuft Haus Baum groß klein rot blau Mann Frau Kind spielt mit auf"
+).split()
 SIZES = {"train": 300, "valid": 20, "test": 25}
 
 
@@ -44,8 +48,9 @@ def make_corpus(root: Path) -> Path:
 
 def config(root: Path, cache: Path, **kw) -> DataConfig:
     kw = {"vocab_size": 320, "spm_model_type": "bpe", **kw}
-    return DataConfig(name="local", source="local", root=str(root), src="en", tgt="de",
-                      cache_dir=str(cache), **kw)
+    return DataConfig(
+        name="local", source="local", root=str(root), src="en", tgt="de", cache_dir=str(cache), **kw
+    )
 
 
 def assert_no_entry(cache: Path) -> None:
@@ -89,7 +94,10 @@ def test_second_call_is_a_cache_hit(corpus, tmp_path, monkeypatch):
     second = prepare_data(cfg)
     assert second.cache_hit and second.path == first.path
     assert second.vocab.fingerprint == first.vocab.fingerprint
-    assert all(np.array_equal(a, b) for a, b in zip(first.splits["train"].src, second.splits["train"].src, strict=True))
+    assert all(
+        np.array_equal(a, b)
+        for a, b in zip(first.splits["train"].src, second.splits["train"].src, strict=True)
+    )
 
 
 def test_key_follows_content_and_filter_settings(corpus, tmp_path, monkeypatch):
@@ -97,7 +105,9 @@ def test_key_follows_content_and_filter_settings(corpus, tmp_path, monkeypatch):
     base = prepare_data(config(corpus, cache))
     calls = []
     real = prepare_mod.train_vocabulary
-    monkeypatch.setattr(prepare_mod, "train_vocabulary", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(
+        prepare_mod, "train_vocabulary", lambda *a, **k: calls.append(1) or real(*a, **k)
+    )
     # a new filter setting re-encodes but reuses the SentencePiece model
     other = prepare_data(config(corpus, cache, max_len=8))
     assert not other.cache_hit and other.path != base.path and calls == []
@@ -123,7 +133,10 @@ def test_filters_count_and_log_but_never_touch_valid_and_test(tmp_path, caplog):
         data = prepare_data(config(root, tmp_path / "cache", max_len=80, max_len_ratio=3.0))
     f = data.meta["splits"]["train"]["filter"]
     assert (f["read"], f["empty"], f["too_long"], f["ratio"], f["kept"]) == (300, 2, 1, 1, 296)
-    assert "kept 296 of 300 pairs (dropped: 2 empty, 1 over max_len=80 subwords, 1 with length ratio" in caplog.text
+    assert (
+        "kept 296 of 300 pairs (dropped: 2 empty, 1 over max_len=80 subwords, 1 with length ratio"
+        in caplog.text
+    )
     assert src[4] == data.splits["train"].src_text[0]  # the filtered pairs are gone, order kept
     assert len(data.splits["valid"]) == 20 and data.splits["valid"].src_text[0] == ""
 
@@ -143,7 +156,9 @@ def entry_files(data) -> dict[str, bytes]:
 
 
 @pytest.mark.parametrize("spm_max_sentences", [120, 2_000_000], ids=["spm-sample", "spm-all-pairs"])
-def test_cache_files_do_not_depend_on_the_chunk_size(corpus, tmp_path, monkeypatch, spm_max_sentences):
+def test_cache_files_do_not_depend_on_the_chunk_size(
+    corpus, tmp_path, monkeypatch, spm_max_sentences
+):
     """The training split is streamed in chunks: the SentencePiece sentences (a sample of 60
     pairs, or all non-empty pairs), the filter counts and every id and text file must come
     out as if it had been read whole."""
@@ -202,7 +217,9 @@ def test_damaged_cache_entry_is_rebuilt(corpus, tmp_path):
 
 
 def test_missing_root(tmp_path):
-    with pytest.raises(DataError, match=r"data.root=.*nowhere is not a directory; set data.root=DIR"):
+    with pytest.raises(
+        DataError, match=r"data.root=.*nowhere is not a directory; set data.root=DIR"
+    ):
         prepare_data(config(tmp_path / "nowhere", tmp_path / "cache"))
     assert_no_entry(tmp_path / "cache")
 
@@ -217,7 +234,10 @@ def test_missing_file_names_its_path(corpus, tmp_path):
 
 
 def test_unknown_split_lists_the_splits(corpus, tmp_path):
-    with pytest.raises(DataError, match=r"unknown split 'dev' \(data.valid_split\).*splits in .* are test, train, valid"):
+    with pytest.raises(
+        DataError,
+        match=r"unknown split 'dev' \(data.valid_split\).*splits in .* are test, train, valid",
+    ):
         prepare_data(config(corpus, tmp_path / "cache", valid_split="dev"))
     assert_no_entry(tmp_path / "cache")
 
@@ -225,7 +245,9 @@ def test_unknown_split_lists_the_splits(corpus, tmp_path):
 def test_unknown_language_pair_lists_the_languages(corpus, tmp_path):
     cfg = config(corpus, tmp_path / "cache")
     cfg.tgt = "fr"
-    with pytest.raises(DataError, match=r"unknown language pair en-fr: .* languages in .* are de, en"):
+    with pytest.raises(
+        DataError, match=r"unknown language pair en-fr: .* languages in .* are de, en"
+    ):
         prepare_data(cfg)
     assert_no_entry(tmp_path / "cache")
 
@@ -239,8 +261,12 @@ def test_different_line_counts_name_both_files_and_counts(corpus, tmp_path):
     assert_no_entry(tmp_path / "cache")
 
 
-@pytest.mark.parametrize("short,lines", [("de", 288), ("en", 294)], ids=["mid-chunk", "chunk-boundary"])
-def test_training_files_of_different_lengths_count_whole_files(corpus, tmp_path, monkeypatch, short, lines):
+@pytest.mark.parametrize(
+    "short,lines", [("de", 288), ("en", 294)], ids=["mid-chunk", "chunk-boundary"]
+)
+def test_training_files_of_different_lengths_count_whole_files(
+    corpus, tmp_path, monkeypatch, short, lines
+):
     """Read in chunks of 7, the message still gives each file's full line count."""
     monkeypatch.setattr(prepare_mod, "PREPARE_CHUNK_PAIRS", 7)
     words, seed = (DE, 1) if short == "de" else (EN, 0)
@@ -248,8 +274,10 @@ def test_training_files_of_different_lengths_count_whole_files(corpus, tmp_path,
     counts = {"en": 300, "de": 300, short: lines}
     with pytest.raises(DataError) as err:
         prepare_data(config(corpus, tmp_path / "cache"))
-    assert (f"{corpus / 'train.en.gz'} has {counts['en']} lines but {corpus / 'train.de.gz'} "
-            f"has {counts['de']}") in str(err.value)
+    assert (
+        f"{corpus / 'train.en.gz'} has {counts['en']} lines but {corpus / 'train.de.gz'} "
+        f"has {counts['de']}"
+    ) in str(err.value)
     assert_no_entry(tmp_path / "cache")
 
 
@@ -269,20 +297,27 @@ def test_invalid_utf8_names_file_and_line_before_any_work(corpus, tmp_path, monk
     lines = sentences(DE, 300, 1)
     raw = "".join(line + "\n" for line in lines[:4]).encode() + "Müller\n".encode("latin-1")
     (corpus / "train.de.gz").write_bytes(gzip.compress(raw + "\n".join(lines[5:]).encode()))
-    with pytest.raises(DataError, match=r"train.de.gz, line 5: invalid UTF-8 \(byte 0xfc at column 2\)"):
+    with pytest.raises(
+        DataError, match=r"train.de.gz, line 5: invalid UTF-8 \(byte 0xfc at column 2\)"
+    ):
         prepare_data(config(corpus, tmp_path / "cache"))
     assert_no_entry(tmp_path / "cache")
 
 
 def test_empty_training_set(corpus, tmp_path):
     write(corpus / "train.en.gz", [""] * 300)
-    with pytest.raises(DataError, match="'train' is empty after filtering: all 300 pairs have an empty side"):
+    with pytest.raises(
+        DataError, match="'train' is empty after filtering: all 300 pairs have an empty side"
+    ):
         prepare_data(config(corpus, tmp_path / "cache"))
     assert_no_entry(tmp_path / "cache")
 
 
 def test_empty_training_set_after_length_filter(corpus, tmp_path):
-    with pytest.raises(DataError, match=r"empty after filtering: of 300 pairs, 0 are empty, 300 exceed data.max_len=2"):
+    with pytest.raises(
+        DataError,
+        match=r"empty after filtering: of 300 pairs, 0 are empty, 300 exceed data.max_len=2",
+    ):
         prepare_data(config(corpus, tmp_path / "cache", max_len=2))
     assert_no_entry(tmp_path / "cache")
 

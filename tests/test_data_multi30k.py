@@ -40,7 +40,11 @@ def test_line_counts_and_split_names(m30k):
 
 
 def test_detokenisation_round_trips(m30k, multi30k_dir):
-    ref = gzip.open(multi30k_dir / "test_2016_flickr.de.gz", "rt", encoding="utf-8").read().split("\n")
+    ref = (
+        gzip.open(multi30k_dir / "test_2016_flickr.de.gz", "rt", encoding="utf-8")
+        .read()
+        .split("\n")
+    )
     test = m30k.splits["test"]
     assert list(test.tgt_text) == [line.strip() for line in ref[:1000]]
     exact = 0
@@ -80,8 +84,15 @@ def test_stats_command(m30k, multi30k_dir, cache, capsys):
     assert stats_main(overrides(multi30k_dir, cache)) == 0
     out = capsys.readouterr().out
     assert str(m30k.path) in out and "(hit)" in out
-    rows = {line.split()[0]: line.split() for line in out.splitlines() if line.split()[:1] in (["train"], ["valid"], ["test"])}
-    assert rows["valid"][1:3] == ["val", "1014"] and rows["test"][1:3] == ["test_2016_flickr", "1000"]
+    rows = {
+        line.split()[0]: line.split()
+        for line in out.splitlines()
+        if line.split()[:1] in (["train"], ["valid"], ["test"])
+    }
+    assert rows["valid"][1:3] == ["val", "1014"] and rows["test"][1:3] == [
+        "test_2016_flickr",
+        "1000",
+    ]
     assert 10 < float(rows["test"][3]) < 25 and 99.0 < float(rows["test"][7]) <= 100.0
 
 

@@ -48,7 +48,12 @@ def test_writer_appends_make_the_files_save_makes(tmp_path, parts):
         writer.append(RaggedIds.from_lists(part, append=EOS))
     assert writer.close().tolist() == whole.lengths.tolist()
     for suffix in ("ids.npy", "offsets.npy"):
-        assert (tmp_path / f"streamed.{suffix}").read_bytes() == (tmp_path / f"whole.{suffix}").read_bytes()
+        assert (tmp_path / f"streamed.{suffix}").read_bytes() == (
+            tmp_path / f"whole.{suffix}"
+        ).read_bytes()
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "streamed.ids.npy", "streamed.offsets.npy", "whole.ids.npy", "whole.offsets.npy"
+        "streamed.ids.npy",
+        "streamed.offsets.npy",
+        "whole.ids.npy",
+        "whole.offsets.npy",
     ]  # no part file left behind

@@ -50,14 +50,18 @@ def test_word_order_matters():
 
 
 def test_lengths_cover_the_configured_ranges():
-    c = corpus(min_len=3, max_len=8, test_min_len=10, test_max_len=14, valid_size=300, test_size=300)
+    c = corpus(
+        min_len=3, max_len=8, test_min_len=10, test_max_len=14, valid_size=300, test_size=300
+    )
     for split, (lo, hi) in {"train": (3, 8), "valid": (3, 8), "test": (10, 14)}.items():
         lengths = {len(s.split()) for s in c.read(split).src}
         assert lengths == set(range(lo, hi + 1)), split
 
 
 def test_unknown_split_or_language_pair():
-    with pytest.raises(DataError, match=r"unknown split 'dev' \(data.valid_split\).*train, valid, test"):
+    with pytest.raises(
+        DataError, match=r"unknown split 'dev' \(data.valid_split\).*train, valid, test"
+    ):
         ToyCorpus(dataclasses.asdict(ToyConfig()), "src", "tgt", {**SPLITS, "valid": "dev"})
     with pytest.raises(DataError, match="unknown language pair en-de .* src and tgt"):
         ToyCorpus(dataclasses.asdict(ToyConfig()), "en", "de", SPLITS)
@@ -66,7 +70,11 @@ def test_unknown_split_or_language_pair():
 def test_default_toy_config_prepares_with_one_piece_per_word(tmp_path):
     cfg = compose([f"data.cache_dir={tmp_path}"])
     data = prepare_data(cfg.data)
-    assert {k: len(v) for k, v in data.splits.items()} == {"train": 20000, "valid": 500, "test": 500}
+    assert {k: len(v) for k, v in data.splits.items()} == {
+        "train": 20000,
+        "valid": 500,
+        "test": 500,
+    }
     test = data.splits["test"]
     for i in range(50):
         assert len(test.src[i]) - 1 == len(test.src_text[i].split())  # minus EOS

@@ -54,7 +54,10 @@ def test_load_fingerprint_and_pickle(vocab, tmp_path):
     other = train_vocabulary(SENTENCES, tmp_path / "o.model", vocab_size=290, model_type="bpe")
     assert other.fingerprint != vocab.fingerprint
     clone = pickle.loads(pickle.dumps(vocab))
-    assert clone.encode("the dog") == vocab.encode("the dog") and clone.fingerprint == vocab.fingerprint
+    assert (
+        clone.encode("the dog") == vocab.encode("the dog")
+        and clone.fingerprint == vocab.fingerprint
+    )
     stored = Vocabulary.from_bytes(vocab.model_bytes)  # what a checkpoint keeps
     assert stored == vocab and stored.path is None and stored.fingerprint == vocab.fingerprint
     assert stored != other

@@ -24,13 +24,30 @@ TOL = 1e-6
 
 def make_cfg(encoding: str, **enc) -> OmegaConf:
     model = dict(
-        name="ref", encoder_layers=1, decoder_layers=1, d_model=16, heads=2, d_ff=24,
-        dropout=0.0, attention_dropout=0.0, activation_dropout=0.0, norm="post",
-        tie_embeddings=True, init_std=None,
+        name="ref",
+        encoder_layers=1,
+        decoder_layers=1,
+        d_model=16,
+        heads=2,
+        d_ff=24,
+        dropout=0.0,
+        attention_dropout=0.0,
+        activation_dropout=0.0,
+        norm="post",
+        tie_embeddings=True,
+        init_std=None,
     )
     encoding_cfg = dict(
-        name=encoding, k=2, keys=True, values=True, share_heads=False, max_len=64,
-        rotary_base=10000.0, rotary_scaling="none", rotary_factor=1.0, rotary_train_len=0,
+        name=encoding,
+        k=2,
+        keys=True,
+        values=True,
+        share_heads=False,
+        max_len=64,
+        rotary_base=10000.0,
+        rotary_scaling="none",
+        rotary_factor=1.0,
+        rotary_train_len=0,
     )
     encoding_cfg.update(enc)
     # A config as older versions wrote it (no input / attention keys): completed from the preset.
@@ -106,7 +123,9 @@ def ref_attention(
                     if (pad is not None and pad[b, j]) or (causal and j > i):
                         e[j] = float("-inf")
                 alpha = torch.softmax(e, dim=0)  # eq. (2)
-                out[b, h, i] = sum(alpha[j] * (v[b, h, j] + a_v[h, i, j]) for j in range(N))  # eq. (3)
+                out[b, h, i] = sum(
+                    alpha[j] * (v[b, h, j] + a_v[h, i, j]) for j in range(N)
+                )  # eq. (3)
     z = out.transpose(1, 2).reshape(B, N, D)
     return z @ attn.out_proj.weight.t() + attn.out_proj.bias
 
@@ -123,8 +142,10 @@ def ref_encoder(model, src: torch.Tensor) -> torch.Tensor:
     layer = model.encoder_layers[0]
     pad = src.eq(model.pad_id)
     x = torch.nn.functional.layer_norm(
-        x + ref_attention(layer.self_attn, x, pad), (d_model,),
-        layer.attn_block.norm.weight, layer.attn_block.norm.bias,
+        x + ref_attention(layer.self_attn, x, pad),
+        (d_model,),
+        layer.attn_block.norm.weight,
+        layer.attn_block.norm.bias,
     )
     h = torch.relu(x @ layer.ffn.fc1.weight.t() + layer.ffn.fc1.bias)
     h = h @ layer.ffn.fc2.weight.t() + layer.ffn.fc2.bias
@@ -176,7 +197,9 @@ def test_self_attention_matches_paper_equations(case: str, causal: bool) -> None
     assert (got - want).abs().max().item() < TOL
 
 
-@pytest.mark.parametrize("encoding", ["absolute", "learned", "relative", "combined", "rotary", "none"])
+@pytest.mark.parametrize(
+    "encoding", ["absolute", "learned", "relative", "combined", "rotary", "none"]
+)
 def test_encoder_matches_reference(encoding: str) -> None:
     torch.manual_seed(2)
     model = build_model(make_cfg(encoding), vocab_size=11).double().eval()
@@ -212,7 +235,9 @@ def test_asymmetric_key_table_gives_asymmetric_bias() -> None:
     bias = rel.score_bias(torch.ones(1, 1, 5, 2), 0, 5)[0, 0]
     for i in range(5):
         for j in range(5):
-            assert bias[i, j].item() == pytest.approx(2 * (max(-2, min(2, j - i)) + 2) / math.sqrt(2))
+            assert bias[i, j].item() == pytest.approx(
+                2 * (max(-2, min(2, j - i)) + 2) / math.sqrt(2)
+            )
 
 
 def test_rotary_scaling_applies_at_evaluation_only() -> None:
@@ -225,7 +250,10 @@ def test_rotary_scaling_applies_at_evaluation_only() -> None:
     assert (trained - ref_rotate(x, list(range(6)), 10000.0)).abs().max() < TOL
     # Linear interpolation: position p behaves like p / factor (checked at even positions).
     plain = RotaryPositions(d_head=8, base=10000.0).eval().rotate(x, 0, 6)
-    assert (interpolated[..., 2, :] - RotaryPositions(8, 10000.0).eval().rotate(x[..., 2:3, :], 1, 2)[..., 0, :]).abs().max() < TOL
+    assert (
+        interpolated[..., 2, :]
+        - RotaryPositions(8, 10000.0).eval().rotate(x[..., 2:3, :], 1, 2)[..., 0, :]
+    ).abs().max() < TOL
     assert (interpolated - plain).abs().max() > 1e-3
 
 
@@ -241,7 +269,9 @@ def test_dynamic_scaling_leaves_training_lengths_alone_and_scales_by_length_past
     for method in ("linear", "ntk"):
         dynamic = RotaryPositions(8, 10000.0, scaling=f"dynamic_{method}", train_len=4).eval()
         plain = RotaryPositions(8, 10000.0).eval()
-        assert (dynamic.rotate(x[..., :4, :], 0, 4) - plain.rotate(x[..., :4, :], 0, 4)).abs().max() < TOL
+        assert (
+            dynamic.rotate(x[..., :4, :], 0, 4) - plain.rotate(x[..., :4, :], 0, 4)
+        ).abs().max() < TOL
         # 12 positions, trained on 4: the fixed scaling with factor 12 / 4 = 3
         fixed = RotaryPositions(8, 10000.0, scaling=method, factor=3.0).eval()
         assert (dynamic.rotate(x, 0, 12) - fixed.rotate(x, 0, 12)).abs().max() < TOL
@@ -266,8 +296,11 @@ def test_fused_and_explicit_attention_agree(monkeypatch, positions, causal) -> N
 
     torch.manual_seed(0)
     H, d = 4, 8
-    pos = {"none": None, "relative_keys": RelativePositionBias(H, d, 3, True, False, False),
-           "rotary": RotaryPositions(d, 10000.0)}[positions]
+    pos = {
+        "none": None,
+        "relative_keys": RelativePositionBias(H, d, 3, True, False, False),
+        "rotary": RotaryPositions(d, 10000.0),
+    }[positions]
     attn = MultiHeadAttention(H * d, H, 0.0, pos).double().eval()
     x = torch.randn(3, 7, H * d, dtype=torch.float64)
     pad = torch.zeros(3, 7, dtype=torch.bool)
@@ -285,7 +318,9 @@ def test_clip_distance_zero_is_no_position_encoding(share_heads: bool, causal: b
     """k = 0 is Table 3's 'neither' row: one bucket makes q . a^K the same for every key (the
     softmax drops it) and a^V a constant added to every value, i.e. a value-projection bias."""
     torch.manual_seed(4)
-    relative = build_model(make_cfg("relative", k=0, share_heads=share_heads), vocab_size=11).double()
+    relative = build_model(
+        make_cfg("relative", k=0, share_heads=share_heads), vocab_size=11
+    ).double()
     plain = build_model(make_cfg("none"), vocab_size=11).double()
     rel_attn, plain_attn = relative.encoder_layers[0].self_attn, plain.encoder_layers[0].self_attn
     randomize(rel_attn)

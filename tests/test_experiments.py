@@ -18,15 +18,22 @@ def sweep_points(name: str) -> list[list[str]]:
     """The override lists of the experiment's own multirun (one empty list without one)."""
     spec = OmegaConf.load(EXPERIMENT_DIR / f"{name}.yaml")
     params = OmegaConf.select(spec, "hydra.sweeper.params") or {}
-    axes = [[f"{key}={value}" for value in str(values).split(",")]
-            for key, values in params.items()]
+    axes = [
+        [f"{key}={value}" for value in str(values).split(",")] for key, values in params.items()
+    ]
     return [list(point) for point in itertools.product(*axes)]
 
 
 def test_every_preset_is_found():
-    assert {"clip_sweep", "kv_ablation", "encodings", "length_generalisation",
-            "length_generalisation_multi30k", "multi30k_small",
-            "shaw2018_base_en_de"} <= set(EXPERIMENTS)
+    assert {
+        "clip_sweep",
+        "kv_ablation",
+        "encodings",
+        "length_generalisation",
+        "length_generalisation_multi30k",
+        "multi30k_small",
+        "shaw2018_base_en_de",
+    } <= set(EXPERIMENTS)
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)

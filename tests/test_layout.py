@@ -12,8 +12,14 @@ import pytest
 from nmt.encodings import all_methods
 
 PACKAGE = Path(__file__).resolve().parent.parent / "nmt"
-COMMANDS = ("nmt.train", "nmt.translate", "nmt.evaluate", "nmt.average", "nmt.report",
-            "nmt.data.__main__")
+COMMANDS = (
+    "nmt.train",
+    "nmt.translate",
+    "nmt.evaluate",
+    "nmt.average",
+    "nmt.report",
+    "nmt.data.__main__",
+)
 MAX_MODULE_LINES = 400
 
 
@@ -39,12 +45,15 @@ def _string_constants(path: Path) -> set[str]:
         id(node.body[0].value)
         for node in ast.walk(tree)
         if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
-        and node.body and isinstance(node.body[0], ast.Expr)
+        and node.body
+        and isinstance(node.body[0], ast.Expr)
         and isinstance(node.body[0].value, ast.Constant)
     }
     return {
-        node.value for node in ast.walk(tree)
-        if isinstance(node, ast.Constant) and isinstance(node.value, str)
+        node.value
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant)
+        and isinstance(node.value, str)
         and id(node) not in docstrings
     }
 

@@ -79,7 +79,9 @@ def test_cached_decoding_equals_the_full_forward_pass(encoding: str) -> None:
 
 
 @pytest.mark.parametrize("scaling", ["dynamic_linear", "dynamic_ntk"])
-def test_cached_decoding_with_dynamic_rotary_scaling_equals_each_prefix_decoded_whole(scaling) -> None:
+def test_cached_decoding_with_dynamic_rotary_scaling_equals_each_prefix_decoded_whole(
+    scaling,
+) -> None:
     """The factor grows with the output, so step t must match the full pass over t + 1 tokens.
 
     One decoder layer: the cache re-rotates its raw keys at every step, but a deeper layer's
@@ -98,7 +100,9 @@ def test_cached_decoding_with_dynamic_rotary_scaling_equals_each_prefix_decoded_
         memory, pad = model.encode(src)
         cache = model.start_decoding(memory, pad)
         steps = torch.stack([model.decode_step(tgt[:, t], cache) for t in range(7)], 1)
-        prefixes = torch.stack([model.decode(tgt[:, : t + 1], memory, pad)[:, t] for t in range(7)], 1)
+        prefixes = torch.stack(
+            [model.decode(tgt[:, : t + 1], memory, pad)[:, t] for t in range(7)], 1
+        )
         unscaled = plain.decode(tgt, memory, pad)  # the same memory: only decoder rotations differ
     assert (steps - prefixes).abs().max().item() < 1e-5
     # past rotary_train_len the scaling really changes the outputs
@@ -160,7 +164,9 @@ def test_base_parameter_count(encoding: str) -> None:
 def test_parameter_count_command() -> None:
     out = subprocess.run(
         [sys.executable, "-m", "nmt.model", "model=base", "encoding=relative"],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     assert f"{expected_base_parameters(32768, 'relative'):,}" in out
 
@@ -192,7 +198,9 @@ def peak_extra_mib(encoding: str, n: int, part: str = "layer") -> float:
     fresh process, batch 1."""
     out = subprocess.run(
         [sys.executable, str(BENCH_MEMORY), "--worker", encoding, str(n), "--part", part],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     return json.loads(out.strip().splitlines()[-1])["extra_mib"]
 

@@ -15,9 +15,16 @@ from nmt.report import report
 from nmt.results import MEASURES, measures
 
 
-def fake_run(root: Path, name: str, k: int, seed: int, test_bleu: float | None,
-             failed: bool = False,
-             train: dict | None = None, encoding: str = "relative"):
+def fake_run(
+    root: Path,
+    name: str,
+    k: int,
+    seed: int,
+    test_bleu: float | None,
+    failed: bool = False,
+    train: dict | None = None,
+    encoding: str = "relative",
+):
     run = root / name
     (run / ".hydra").mkdir(parents=True)
     config = {
@@ -34,12 +41,17 @@ def fake_run(root: Path, name: str, k: int, seed: int, test_bleu: float | None,
     elif test_bleu is None:
         (run / "metrics.jsonl").write_text(json.dumps({"split": "train", "step": 40}) + "\n")
     else:
-        by_length = [{"bucket": "1-10", "bleu": test_bleu + 1},
-                     {"bucket": "11-20", "bleu": test_bleu - 1}]
+        by_length = [
+            {"bucket": "1-10", "bleu": test_bleu + 1},
+            {"bucket": "11-20", "bleu": test_bleu - 1},
+        ]
         results = {
             "valid": {"bleu": test_bleu + 0.5, "chrf": 50.0},
             "test": {"bleu": test_bleu, "chrf": 60.0, "by_length": by_length},
-            "steps": 100, "train_tokens_per_s": 1000.0, "parameters": 1234, "seed": seed,
+            "steps": 100,
+            "train_tokens_per_s": 1000.0,
+            "parameters": 1234,
+            "seed": seed,
         }
         (run / "results.json").write_text(json.dumps(results))
 
@@ -88,7 +100,10 @@ def test_options_an_encoding_does_not_use_define_no_row(tmp_path) -> None:
     out = report([tmp_path], tmp_path / "r")
     assert out["keys"] == ["encoding.k", "encoding.name"]
     assert [(r["encoding.name"], r["encoding.k"]) for r in out["rows"]] == [
-        ("absolute", None), ("relative", 2), ("relative", 4)]
+        ("absolute", None),
+        ("relative", 2),
+        ("relative", 4),
+    ]
     assert "| — | absolute |" in (tmp_path / "r" / "report.md").read_text()
 
 
@@ -111,22 +126,37 @@ def test_toy_k_sweep_through_hydra_multirun_and_nmt_report(tmp_path) -> None:
     """A 3-value k sweep with the clip_sweep experiment, then nmt-report on its directory."""
     sweep = tmp_path / "sweep"
     subprocess.run(
-        ["nmt-train", "+experiment=clip_sweep", "encoding.k=0,2,16", "seed=1",
-         "data.toy.train_size=2000", "data.toy.valid_size=20", "data.toy.test_size=20",
-         "train.max_steps=60", "train.eval_every=60", "train.warmup_steps=30",
-         "train.threads=1", "train.tensorboard=false", "decode.max_len_b=10",
-         f"data.cache_dir={tmp_path / 'cache'}", f"hydra.sweep.dir={sweep}"],
-        check=True, capture_output=True,
+        [
+            "nmt-train",
+            "+experiment=clip_sweep",
+            "encoding.k=0,2,16",
+            "seed=1",
+            "data.toy.train_size=2000",
+            "data.toy.valid_size=20",
+            "data.toy.test_size=20",
+            "train.max_steps=60",
+            "train.eval_every=60",
+            "train.warmup_steps=30",
+            "train.threads=1",
+            "train.tensorboard=false",
+            "decode.max_len_b=10",
+            f"data.cache_dir={tmp_path / 'cache'}",
+            f"hydra.sweep.dir={sweep}",
+        ],
+        check=True,
+        capture_output=True,
     )
     # a path among the overrides (data.cache_dir) must not nest the job directories
     assert [p.parent.parent for p in sweep.rglob("results.json")] == [sweep] * 3
     proc = subprocess.run(["nmt-report", str(sweep)], capture_output=True, text=True, check=True)
     main_table, length_table = proc.stdout.split("Test BLEU by source length")[:2]
-    rows = [line for line in main_table.splitlines()
-            if line.startswith("| ") and "BLEU" not in line]
+    rows = [
+        line for line in main_table.splitlines() if line.startswith("| ") and "BLEU" not in line
+    ]
     assert [row.split("|")[1].strip() for row in rows] == ["0", "2", "16"]
-    by_length = [line for line in length_table.splitlines()
-                 if line.startswith("| ") and "1-10" not in line]
+    by_length = [
+        line for line in length_table.splitlines() if line.startswith("| ") and "1-10" not in line
+    ]
     assert [row.split("|")[1].strip() for row in by_length] == ["0", "2", "16"]
     for row in rows:
         cells = [c.strip() for c in row.split("|")[2:5]]  # valid BLEU, test BLEU, test chrF

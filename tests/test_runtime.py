@@ -40,8 +40,13 @@ print(json.dumps({"default": default, "applied": applied, "after": faults()}))
 
 def run_faults(mib: int) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in (*MALLOC_ENV, "GLIBC_TUNABLES")}
-    out = subprocess.run([sys.executable, "-c", FAULTS_SCRIPT, str(mib)], env=env, check=True,
-                         capture_output=True, text=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", FAULTS_SCRIPT, str(mib)],
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 
@@ -50,8 +55,9 @@ def run_faults(mib: int) -> dict:
 def test_kept_memory_stops_the_page_faults_of_large_tensors():
     r = run_faults(2047)
     if 0 < r["applied"] < 64:
-        pytest.skip(f"this glibc caps the mmap threshold at {r['applied']} MiB, "
-                    f"below the 64 MiB tensor")
+        pytest.skip(
+            f"this glibc caps the mmap threshold at {r['applied']} MiB, below the 64 MiB tensor"
+        )
     assert r["applied"] == 2047
     # glibc's default unmaps each 64 MiB block on free: 4 rounds x 16,384 pages (fewer with
     # transparent huge pages), against ~none once the block stays in the heap.
@@ -67,10 +73,13 @@ def test_zero_keeps_glibc_defaults():
     assert r["after"] * 4 > r["default"], r
 
 
-@pytest.mark.parametrize("name, value", [
-    ("GLIBC_TUNABLES", "glibc.pthread.rseq=0:glibc.malloc.trim_threshold=1048576"),
-    ("MALLOC_MMAP_THRESHOLD_", "1048576"),
-])
+@pytest.mark.parametrize(
+    "name, value",
+    [
+        ("GLIBC_TUNABLES", "glibc.pthread.rseq=0:glibc.malloc.trim_threshold=1048576"),
+        ("MALLOC_MMAP_THRESHOLD_", "1048576"),
+    ],
+)
 def test_environment_thresholds_win(monkeypatch, name, value):
     monkeypatch.setenv(name, value)
     assert keep_freed_cpu_memory(2047) == 0

@@ -13,9 +13,15 @@ from nmt.config import register_configs
 from nmt.results import PATH_KEYS, RUNTIME_KEYS, SWEEP_NAME_EXCLUDED_KEYS
 
 TINY_TOY_RUN = [
-    "data.toy.train_size=2000", "data.toy.valid_size=20", "data.toy.test_size=20",
-    "train.max_steps=30", "train.eval_every=30", "train.warmup_steps=10",
-    "train.threads=1", "train.tensorboard=false", "decode.max_len_b=10",
+    "data.toy.train_size=2000",
+    "data.toy.valid_size=20",
+    "data.toy.test_size=20",
+    "train.max_steps=30",
+    "train.eval_every=30",
+    "train.warmup_steps=10",
+    "train.threads=1",
+    "train.tensorboard=false",
+    "decode.max_len_b=10",
 ]
 
 
@@ -41,8 +47,11 @@ def test_sweep_job_names_leave_out_exactly_the_runtime_and_path_keys() -> None:
         defaults["train.threads"] = 3  # a value that is not the default, as a user would set
         overrides = [_override(key, value) for key, value in defaults.items()]
         # seed and encoding.k change results: they name the job, every other override does not
-        cfg = compose(config_name="config", return_hydra_config=True,
-                      overrides=[*overrides, "seed=7", "encoding.k=4"])
+        cfg = compose(
+            config_name="config",
+            return_hydra_config=True,
+            overrides=[*overrides, "seed=7", "encoding.k=4"],
+        )
     assert cfg.hydra.job.override_dirname == "encoding.k=4,seed=7"
     excluded = cfg.hydra.job.config.override_dirname.exclude_keys
     assert list(excluded) == list(SWEEP_NAME_EXCLUDED_KEYS)
@@ -53,8 +62,11 @@ def test_slurm_preset_is_the_submitit_slurm_launcher_with_one_gpu_per_job() -> N
     with initialize_config_module(config_module="nmt.conf", version_base="1.3"):
         cfg = compose(
             config_name="config",
-            overrides=["+experiment=clip_sweep", "hydra/launcher=slurm",
-                       "hydra.launcher.partition=gpu"],
+            overrides=[
+                "+experiment=clip_sweep",
+                "hydra/launcher=slurm",
+                "hydra.launcher.partition=gpu",
+            ],
             return_hydra_config=True,
         )
     launcher = cfg.hydra.launcher
@@ -69,10 +81,18 @@ def test_submitit_local_sweep_builds_the_data_cache_once_and_reports(tmp_path: P
     """Two jobs at once through submitit (the SLURM launcher's local twin), then nmt-report."""
     sweep, cache = tmp_path / "sweep", tmp_path / "cache"
     subprocess.run(
-        ["nmt-train", "+experiment=clip_sweep", "encoding.k=0,2", "seed=1",
-         "hydra/launcher=submitit_local", *TINY_TOY_RUN,
-         f"data.cache_dir={cache}", f"hydra.sweep.dir={sweep}"],
-        check=True, capture_output=True,
+        [
+            "nmt-train",
+            "+experiment=clip_sweep",
+            "encoding.k=0,2",
+            "seed=1",
+            "hydra/launcher=submitit_local",
+            *TINY_TOY_RUN,
+            f"data.cache_dir={cache}",
+            f"hydra.sweep.dir={sweep}",
+        ],
+        check=True,
+        capture_output=True,
     )
     assert (sweep / ".submitit").is_dir()  # the jobs really went through submitit
     job_dirs = sorted(p.parent for p in sweep.rglob("results.json"))
@@ -81,6 +101,9 @@ def test_submitit_local_sweep_builds_the_data_cache_once_and_reports(tmp_path: P
     assert logs.count("cache miss, building") == 1, logs
     proc = subprocess.run(["nmt-report", str(sweep)], capture_output=True, text=True, check=True)
     assert "2 of 2 runs finished" in proc.stdout
-    rows = [line for line in proc.stdout.split("Test BLEU by source length")[0].splitlines()
-            if line.startswith("| ") and "BLEU" not in line]
+    rows = [
+        line
+        for line in proc.stdout.split("Test BLEU by source length")[0].splitlines()
+        if line.startswith("| ") and "BLEU" not in line
+    ]
     assert [row.split("|")[1].strip() for row in rows] == ["0", "2"]

@@ -98,11 +98,15 @@ def test_relaunching_a_finished_run_does_no_work_unless_a_setting_changed(
     monkeypatch.setattr(train_module, "Trainer", counting_trainer)
     stamp = (run / "results.json").stat().st_mtime_ns, (run / "test.hyp.txt").stat().st_mtime_ns
     # Where and how it runs is not a setting: the finished results come back untouched.
-    again = train(quick_cfg("train.max_steps=2", "train.log_every=5",
-                            f"data.cache_dir={tmp_path / 'c2'}"), run)
+    again = train(
+        quick_cfg("train.max_steps=2", "train.log_every=5", f"data.cache_dir={tmp_path / 'c2'}"),
+        run,
+    )
     assert again == first and not built
-    assert stamp == ((run / "results.json").stat().st_mtime_ns,
-                     (run / "test.hyp.txt").stat().st_mtime_ns)
+    assert stamp == (
+        (run / "results.json").stat().st_mtime_ns,
+        (run / "test.hyp.txt").stat().st_mtime_ns,
+    )
     # Another beam re-decodes from the last checkpoint; a larger budget trains on.
     redecoded = train(quick_cfg("train.max_steps=2", "decode.beam=2"), run)
     assert len(built) == 1 and redecoded["decode"]["beam"] == 2 and redecoded["steps"] == 2
@@ -112,8 +116,9 @@ def test_relaunching_a_finished_run_does_no_work_unless_a_setting_changed(
     train(quick_cfg("train.max_steps=3", "decode.beam=2", "train.resume=false"), run)
     assert len(built) == 3
     # A restart that is cut short sets the old results aside: the next launch trains.
-    monkeypatch.setattr(real_trainer, "run",
-                        lambda self: (_ for _ in ()).throw(KeyboardInterrupt()))
+    monkeypatch.setattr(
+        real_trainer, "run", lambda self: (_ for _ in ()).throw(KeyboardInterrupt())
+    )
     with pytest.raises(KeyboardInterrupt):
         train(quick_cfg("train.max_steps=3", "decode.beam=2", "train.resume=false"), run)
     assert not (run / "results.json").exists() and (run / "results.previous.json").exists()
@@ -132,14 +137,16 @@ def test_an_epoch_budget_trains_every_batch_once_and_saves_the_end(quick_cfg, tm
     from nmt.data import prepare_data
     from nmt.data.batching import split_batches
 
-    batches = split_batches(prepare_data(cfg.data).splits["train"], cfg.train.max_tokens,
-                            seed=cfg.seed, epoch=0)
+    batches = split_batches(
+        prepare_data(cfg.data).splits["train"], cfg.train.max_tokens, seed=cfg.seed, epoch=0
+    )
     assert results["steps"] == len(batches) > 1 and results["epochs"] == pytest.approx(1.0)
     assert load_checkpoint(tmp_path / "run" / "checkpoint_last.pt")["step"] == len(batches)
     assert list(train_losses(tmp_path / "run")) == [len(batches)]
     # the last step is a save step but not an eval step: it is still validated
-    results = train(quick_cfg("train.max_steps=0", "train.max_epochs=1", "train.save_every=1"),
-                    tmp_path / "r2")
+    results = train(
+        quick_cfg("train.max_steps=0", "train.max_epochs=1", "train.save_every=1"), tmp_path / "r2"
+    )
     records = [json.loads(x) for x in (tmp_path / "r2" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if r["split"] == "valid"] == [len(batches)]
 
@@ -191,7 +198,9 @@ def test_resume_refuses_a_checkpoint_of_another_vocabulary(quick_cfg, tmp_path) 
 def test_cfg_job_shows_the_composed_config() -> None:
     out = subprocess.run(
         [sys.executable, "-m", "nmt.train", "--cfg", "job", "encoding=combined", "encoding.k=4"],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     assert "name: combined" in out and "k: 4" in out and "beam: 4" in out
 
@@ -220,12 +229,26 @@ def test_two_gloo_processes_match_one_process_on_the_same_global_batch(tmp_path)
     # 2 ranks x 2 accumulated batches per step == 1 process x 4 batches per step.
     subprocess.run(
         [sys.executable, str(worker), str(single), str(cache), *common, "train.update_freq=4"],
-        check=True, env=env, capture_output=True,
+        check=True,
+        env=env,
+        capture_output=True,
     )
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-         str(worker), str(multi), str(cache), *common, "train.update_freq=2"],
-        env=env, capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            str(worker),
+            str(multi),
+            str(cache),
+            *common,
+            "train.update_freq=2",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     rank0, rank1 = torch.load(multi / "rank0.pt"), torch.load(multi / "rank1.pt")
@@ -248,8 +271,15 @@ def test_two_gloo_processes_match_one_process_on_the_same_global_batch(tmp_path)
 def test_sigkill_during_checkpoint_saves_never_leaves_an_unreadable_checkpoint(tmp_path) -> None:
     run = tmp_path / "run"
     cmd = [
-        sys.executable, "-m", "nmt.train", *QUICK, "model=small", "train.save_every=1",
-        "train.keep_last=2", "train.max_steps=100000", f"data.cache_dir={tmp_path / 'cache'}",
+        sys.executable,
+        "-m",
+        "nmt.train",
+        *QUICK,
+        "model=small",
+        "train.save_every=1",
+        "train.keep_last=2",
+        "train.max_steps=100000",
+        f"data.cache_dir={tmp_path / 'cache'}",
         f"hydra.run.dir={run}",
     ]
     kills = 0
@@ -260,9 +290,7 @@ def test_sigkill_during_checkpoint_saves_never_leaves_an_unreadable_checkpoint(t
         deadline = time.time() + 120
         # Wait for this process's first save (not the previous process's file), then kill it
         # somewhere in its loop: with save_every=1 most of that time is spent writing.
-        while time.time() < deadline and (
-            not last.exists() or last.stat().st_mtime_ns == before
-        ):
+        while time.time() < deadline and (not last.exists() or last.stat().st_mtime_ns == before):
             time.sleep(0.02)
         time.sleep(delay)
         proc.send_signal(signal.SIGKILL)
@@ -279,11 +307,21 @@ def test_default_nmt_train_learns_the_toy_task_and_needs_word_order(tmp_path) ->
     runs = {}
     for encoding in ("relative", "none"):  # side by side, one core each
         run = tmp_path / encoding
-        runs[encoding] = (run, subprocess.Popen(
-            ["nmt-train", f"encoding={encoding}", f"hydra.run.dir={run}", "train.threads=1",
-             f"data.cache_dir={tmp_path / encoding / 'cache'}"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-        ))
+        runs[encoding] = (
+            run,
+            subprocess.Popen(
+                [
+                    "nmt-train",
+                    f"encoding={encoding}",
+                    f"hydra.run.dir={run}",
+                    "train.threads=1",
+                    f"data.cache_dir={tmp_path / encoding / 'cache'}",
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
+            ),
+        )
     results = {}
     for encoding, (run, proc) in runs.items():
         _, err = proc.communicate(timeout=900)

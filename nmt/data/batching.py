@@ -84,12 +84,20 @@ def split_batches(
 ) -> list[list[int]]:
     """`token_budget_batches` over a split's padded row lengths (source incl. EOS, target + 1)."""
     return token_budget_batches(
-        split.src_lens, split.tgt_lens + 1, max_tokens, seed=seed, epoch=epoch, shuffle=shuffle,
-        rank=rank, world_size=world_size,
+        split.src_lens,
+        split.tgt_lens + 1,
+        max_tokens,
+        seed=seed,
+        epoch=epoch,
+        shuffle=shuffle,
+        rank=rank,
+        world_size=world_size,
     )
 
 
-def _fill(order: np.ndarray, src: np.ndarray, tgt: np.ndarray | None, max_tokens: int) -> list[list[int]]:
+def _fill(
+    order: np.ndarray, src: np.ndarray, tgt: np.ndarray | None, max_tokens: int
+) -> list[list[int]]:
     """Greedy: walk the sorted indices, start a new batch when the next one would overflow."""
     batches: list[list[int]] = []
     current: list[int] = []

@@ -58,7 +58,7 @@ class Corpus:
 
 
 def open_corpus(cfg: Mapping[str, Any]) -> Corpus:
-    """The corpus a resolved data config names; raises DataError if a split or language is missing."""
+    """The corpus a resolved data config names; DataError if a split or language is missing."""
     splits = {role: cfg[f"{role}_split"] for role in ROLES}
     if cfg["src"] == cfg["tgt"]:
         raise DataError(f"data.src and data.tgt are both {cfg['src']!r}; pick two languages")
@@ -66,11 +66,15 @@ def open_corpus(cfg: Mapping[str, Any]) -> Corpus:
         return ToyCorpus(cfg["toy"], cfg["src"], cfg["tgt"], splits)
     if cfg["source"] == "local":
         if not cfg.get("root"):
-            raise DataError("data.source=local needs data.root=DIR, a directory of {split}.{lang}[.gz] files")
+            raise DataError(
+                "data.source=local needs data.root=DIR, a directory of {split}.{lang}[.gz] files"
+            )
         return LocalCorpus(cfg["root"], cfg["src"], cfg["tgt"], splits, name=cfg.get("name", ""))
     if cfg["source"] == "hub":
         if not cfg.get("hub_name"):
-            raise DataError("data.source=hub needs data.hub_name=NAME (a hub dataset or a local copy)")
+            raise DataError(
+                "data.source=hub needs data.hub_name=NAME (a hub dataset or a local copy)"
+            )
         return HubCorpus(cfg["hub_name"], cfg.get("hub_config"), cfg["src"], cfg["tgt"], splits)
     raise DataError(f"data.source={cfg['source']!r} is unknown; choose toy, local or hub")
 
@@ -132,7 +136,11 @@ class ToyCorpus(Corpus):
 
     def read(self, split: str) -> ParallelText:
         t = self.toy
-        lo, hi = (t["test_min_len"], t["test_max_len"]) if split == "test" else (t["min_len"], t["max_len"])
+        lo, hi = (
+            (t["test_min_len"], t["test_max_len"])
+            if split == "test"
+            else (t["min_len"], t["max_len"])
+        )
         size = t[f"{split}_size"]
         words = toy_words(t["vocab"])
         lexicon = toy_lexicon(t["vocab"], t["seed"])
@@ -151,8 +159,30 @@ class ToyCorpus(Corpus):
 
 _FILE_RE = re.compile(r"^(?P<split>.+)\.(?P<lang>[A-Za-z]{2,3}(?:[_-][A-Za-z0-9]{2,4})?)$")
 # Suffixes that look like language codes but name file types (README.md, notes.txt, ...).
-_NOT_LANGS = {"md", "txt", "py", "sh", "cfg", "ini", "csv", "tsv", "xml", "sgm", "log", "tar",
-              "zip", "bz2", "xz", "yml", "pdf", "doc", "lock", "npy", "npz", "pt"}
+_NOT_LANGS = {
+    "md",
+    "txt",
+    "py",
+    "sh",
+    "cfg",
+    "ini",
+    "csv",
+    "tsv",
+    "xml",
+    "sgm",
+    "log",
+    "tar",
+    "zip",
+    "bz2",
+    "xz",
+    "yml",
+    "pdf",
+    "doc",
+    "lock",
+    "npy",
+    "npz",
+    "pt",
+}
 
 
 class LocalCorpus(Corpus):
@@ -192,7 +222,9 @@ class LocalCorpus(Corpus):
                 return path
         missing = self.root / f"{split}.{lang}[.gz]"
         if not inventory:
-            raise DataError(f"missing file {missing}: {self.root} holds no {{split}}.{{lang}} files; {hint}")
+            raise DataError(
+                f"missing file {missing}: {self.root} holds no {{split}}.{{lang}} files; {hint}"
+            )
         if split not in inventory:
             raise DataError(
                 f"unknown split {split!r} (data.{role}_split): no {missing}; the splits in "
@@ -285,11 +317,13 @@ def _dataset_languages(features: Any) -> tuple[str | None, list[str]]:
 
 
 class HubCorpus(Corpus):
-    """A translation dataset with a `translation` column ({lang: text}) or one column per language."""
+    """A translation dataset with a `translation` column ({lang: text}) or a column a language."""
 
     kind = "hub"
 
-    def __init__(self, name: str, subset: str | None, src: str, tgt: str, splits: Mapping[str, str]):
+    def __init__(
+        self, name: str, subset: str | None, src: str, tgt: str, splits: Mapping[str, str]
+    ):
         self.name, self.subset, self.src, self.tgt = name, subset, src, tgt
         self.dataset = load_hub_dataset(name, subset)
         self._tables: dict[str, Any] = {}
@@ -335,8 +369,10 @@ class HubCorpus(Corpus):
 
         sides = []
         for lang in (self.src, self.tgt):
-            col = table.column(lang) if self.column is None else pc.struct_field(
-                table.column(self.column), lang
+            col = (
+                table.column(lang)
+                if self.column is None
+                else pc.struct_field(table.column(self.column), lang)
             )
             sides.append([_one_line(s) for s in col.to_pylist()])
         return ParallelText(*sides)

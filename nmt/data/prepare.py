@@ -12,11 +12,10 @@ Cache layout under `data.cache_dir` (default ~/.cache/nmt, or $NMT_CACHE_DIR):
     locks/<key>.lock                                    filelock, one per entry
     tmp/                                                entries being built (renamed when done)
 
-The vocab key hashes the training split's content and the SentencePiece settings; the data
-key hashes the vocab key, the content of the other splits, the split names and the filter
-settings. So changing `max_len` re-encodes without re-training SentencePiece, and anything
-else that changes the result gives a new entry. An entry directory only ever appears
-complete: it is built in tmp/ and renamed, under a lock, so concurrent runs build it once.
+The vocab key hashes the training split and the SentencePiece settings; the data key, the
+vocab key, the other splits, the split names and the filters: changing `max_len` re-encodes
+without re-training SentencePiece. An entry only ever appears complete: it is built in
+tmp/ and renamed under a lock, so concurrent runs build it once.
 """
 
 from __future__ import annotations
@@ -40,7 +39,7 @@ from filelock import FileLock, Timeout
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from nmt.config import ConfigError, _validate_data
+from nmt.config import ConfigError, validate_data
 from nmt.data.corpora import ROLES, Corpus, ParallelText, open_corpus
 from nmt.data.errors import DataError
 from nmt.data.store import EncodedSplit, RaggedIds, RaggedIdsWriter, write_text
@@ -71,7 +70,7 @@ def resolve_data_config(data_cfg: Any) -> dict[str, Any]:
         data_cfg = OmegaConf.structured(data_cfg)
     elif isinstance(data_cfg, Mapping) and not isinstance(data_cfg, DictConfig):
         data_cfg = OmegaConf.create(dict(data_cfg))
-    _validate_data(data_cfg)
+    validate_data(data_cfg)
     try:
         cfg = OmegaConf.to_container(data_cfg, resolve=True)
     except OmegaConfBaseException as exc:
@@ -87,14 +86,24 @@ def prepare_data(data_cfg: Any) -> PreparedData:
     names = {role: cfg[f"{role}_split"] for role in ROLES}
     fingerprints = {role: corpus.fingerprint(split) for role, split in names.items()}
     vocab_key = _hash(
-        format=FORMAT_VERSION, kind=corpus.kind, train=fingerprints["train"],
-        src=cfg["src"], tgt=cfg["tgt"], vocab_size=cfg["vocab_size"],
-        model_type=cfg["spm_model_type"], coverage=cfg["spm_character_coverage"],
-        max_sentences=cfg["spm_max_sentences"], seed=SPM_SAMPLE_SEED,
+        format=FORMAT_VERSION,
+        kind=corpus.kind,
+        train=fingerprints["train"],
+        src=cfg["src"],
+        tgt=cfg["tgt"],
+        vocab_size=cfg["vocab_size"],
+        model_type=cfg["spm_model_type"],
+        coverage=cfg["spm_character_coverage"],
+        max_sentences=cfg["spm_max_sentences"],
+        seed=SPM_SAMPLE_SEED,
     )
     data_key = _hash(
-        vocab=vocab_key, valid=fingerprints["valid"], test=fingerprints["test"],
-        names=names, max_len=cfg["max_len"], max_len_ratio=cfg["max_len_ratio"],
+        vocab=vocab_key,
+        valid=fingerprints["valid"],
+        test=fingerprints["test"],
+        names=names,
+        max_len=cfg["max_len"],
+        max_len_ratio=cfg["max_len_ratio"],
     )
     root = Path(cfg["cache_dir"])
     stem = f"{corpus.kind}-{cfg['src']}-{cfg['tgt']}"
@@ -116,8 +125,14 @@ def prepare_data(data_cfg: Any) -> PreparedData:
         with _atomic_dir(entry, root) as tmp:
             meta = _build(cfg, corpus, names, tmp, root, vocab_dir)
             meta.update(
-                format=FORMAT_VERSION, name=cfg["name"], source=cfg["source"], src=cfg["src"],
-                tgt=cfg["tgt"], data_key=data_key, vocab_key=vocab_key, fingerprints=fingerprints,
+                format=FORMAT_VERSION,
+                name=cfg["name"],
+                source=cfg["source"],
+                src=cfg["src"],
+                tgt=cfg["tgt"],
+                data_key=data_key,
+                vocab_key=vocab_key,
+                fingerprints=fingerprints,
                 settings={k: v for k, v in cfg.items() if k not in ("toy", "cache_dir")}
                 | ({"toy": cfg["toy"]} if corpus.kind == "toy" else {}),
                 build_seconds=round(time.perf_counter() - start, 3),
@@ -148,7 +163,12 @@ def load_prepared(entry: Path, cache_hit: bool = True) -> PreparedData:
 
 
 def _build(
-    cfg: dict[str, Any], corpus: Corpus, names: dict[str, str], out: Path, root: Path, vocab_dir: Path
+    cfg: dict[str, Any],
+    corpus: Corpus,
+    names: dict[str, str],
+    out: Path,
+    root: Path,
+    vocab_dir: Path,
 ) -> dict[str, Any]:
     """Read, check, train or reuse SentencePiece, encode, filter train; write into `out`.
 
@@ -160,7 +180,10 @@ def _build(
     vocab = _vocabulary(cfg, corpus, names["train"], vocab_dir, root)
     shutil.copyfile(vocab.path, out / "spm.model")
 
-    meta: dict[str, Any] = {"vocab": {"size": vocab.size, "fingerprint": vocab.fingerprint}, "splits": {}}
+    meta: dict[str, Any] = {
+        "vocab": {"size": vocab.size, "fingerprint": vocab.fingerprint},
+        "splits": {},
+    }
     for role in ROLES:
         if role == "train":
             limits = (cfg["max_len"], cfg["max_len_ratio"])
@@ -169,9 +192,15 @@ def _build(
             )
             log.info(
                 "train %s: kept %d of %d pairs (dropped: %d empty, %d over max_len=%d "
-                "subwords, %d with length ratio over max_len_ratio=%g)", names[role],
-                counts["kept"], counts["read"], counts["empty"], counts["too_long"],
-                cfg["max_len"], counts["ratio"], cfg["max_len_ratio"],
+                "subwords, %d with length ratio over max_len_ratio=%g)",
+                names[role],
+                counts["kept"],
+                counts["read"],
+                counts["empty"],
+                counts["too_long"],
+                cfg["max_len"],
+                counts["ratio"],
+                cfg["max_len_ratio"],
             )
             if counts["kept"] == 0:
                 raise DataError(
@@ -181,16 +210,24 @@ def _build(
                     f"data.max_len_ratio={cfg['max_len_ratio']}; raise those limits"
                 )
         else:  # valid and test are never filtered
-            src_lengths, tgt_lengths, counts = _write_split(vocab, iter([held[role]]), out, role, None)
+            src_lengths, tgt_lengths, counts = _write_split(
+                vocab, iter([held[role]]), out, role, None
+            )
         meta["splits"][role] = {
-            "name": names[role], "pairs": len(src_lengths), "filter": counts,
-            "src_tokens": int(src_lengths.sum() - len(src_lengths)), "tgt_tokens": int(tgt_lengths.sum()),
+            "name": names[role],
+            "pairs": len(src_lengths),
+            "filter": counts,
+            "src_tokens": int(src_lengths.sum() - len(src_lengths)),
+            "tgt_tokens": int(tgt_lengths.sum()),
         }
     return meta
 
 
 def _write_split(
-    vocab: Vocabulary, chunks: Iterator[ParallelText], out: Path, role: str,
+    vocab: Vocabulary,
+    chunks: Iterator[ParallelText],
+    out: Path,
+    role: str,
     limits: tuple[int, float] | None,
 ) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
     """Encode a split chunk by chunk into its cache files, keeping only the pairs that pass
@@ -200,7 +237,10 @@ def _write_split(
     for path in texts:
         path.write_bytes(b"")
     counts = dict.fromkeys(("read", "empty", "too_long", "ratio", "kept"), 0)
-    with RaggedIdsWriter(out, f"{role}.src") as src_ids, RaggedIdsWriter(out, f"{role}.tgt") as tgt_ids:
+    with (
+        RaggedIdsWriter(out, f"{role}.src") as src_ids,
+        RaggedIdsWriter(out, f"{role}.tgt") as tgt_ids,
+    ):
         for text in chunks:
             src, tgt = _encode(vocab, text.src, append=EOS), _encode(vocab, text.tgt)
             if limits is not None:
@@ -222,11 +262,16 @@ def _write_split(
 
 def _nonempty(text: ParallelText) -> np.ndarray:
     """Which pairs have text on both sides."""
-    return np.fromiter((bool(s and t) for s, t in zip(text.src, text.tgt, strict=True)),
-                       dtype=bool, count=len(text))
+    return np.fromiter(
+        (bool(s and t) for s, t in zip(text.src, text.tgt, strict=True)),
+        dtype=bool,
+        count=len(text),
+    )
 
 
-def _vocabulary(cfg: dict[str, Any], corpus: Corpus, split: str, vocab_dir: Path, root: Path) -> Vocabulary:
+def _vocabulary(
+    cfg: dict[str, Any], corpus: Corpus, split: str, vocab_dir: Path, root: Path
+) -> Vocabulary:
     """The cached SentencePiece model for this training split and settings, trained if absent.
 
     It trains on the non-empty pairs, or a seeded sample of `spm_max_sentences / 2` of them:
@@ -264,11 +309,18 @@ def _vocabulary(cfg: dict[str, Any], corpus: Corpus, split: str, vocab_dir: Path
         start = time.perf_counter()
         with _atomic_dir(vocab_dir, root) as tmp:
             train_vocabulary(
-                sentences, tmp / "spm.model", vocab_size=cfg["vocab_size"],
-                model_type=cfg["spm_model_type"], character_coverage=cfg["spm_character_coverage"],
+                sentences,
+                tmp / "spm.model",
+                vocab_size=cfg["vocab_size"],
+                model_type=cfg["spm_model_type"],
+                character_coverage=cfg["spm_character_coverage"],
             )
-        log.info("trained SentencePiece (%s, %d pieces) in %.1f s",
-                 cfg["spm_model_type"], cfg["vocab_size"], time.perf_counter() - start)
+        log.info(
+            "trained SentencePiece (%s, %d pieces) in %.1f s",
+            cfg["spm_model_type"],
+            cfg["vocab_size"],
+            time.perf_counter() - start,
+        )
         return Vocabulary.load(model)
 
 
@@ -298,8 +350,11 @@ def _filter(
     bad_ratio = nonempty & ~too_long & (ratio > max_ratio)
     keep = nonempty & ~too_long & ~bad_ratio
     counts = {
-        "read": len(slen), "empty": int((~nonempty).sum()), "too_long": int(too_long.sum()),
-        "ratio": int(bad_ratio.sum()), "kept": int(keep.sum()),
+        "read": len(slen),
+        "empty": int((~nonempty).sum()),
+        "too_long": int(too_long.sum()),
+        "ratio": int(bad_ratio.sum()),
+        "kept": int(keep.sum()),
     }
     return keep, counts
 

@@ -30,7 +30,9 @@ class RaggedIds(Sequence[np.ndarray]):
         """Pack id lists, optionally appending one id (EOS) to each."""
         lengths = np.fromiter((len(s) for s in seqs), dtype=np.int64, count=len(seqs))
         ends = np.cumsum(lengths)
-        flat = np.fromiter(chain.from_iterable(seqs), dtype=np.int32, count=int(ends[-1]) if len(ends) else 0)
+        flat = np.fromiter(
+            chain.from_iterable(seqs), dtype=np.int32, count=int(ends[-1]) if len(ends) else 0
+        )
         if append is not None:
             flat = np.insert(flat, ends, append).astype(np.int32, copy=False)
             lengths = lengths + 1
@@ -131,7 +133,10 @@ class RaggedIdsWriter:
         # The .npy header that np.save would write for this array, then the ids as they are.
         header = np.lib.format.header_data_from_array_1_0(np.zeros(0, dtype=np.int32))
         header["shape"] = (int(offsets[-1]),)
-        with open(self.directory / f"{self.stem}.ids.npy", "wb") as out, open(self._part, "rb") as part:
+        with (
+            open(self.directory / f"{self.stem}.ids.npy", "wb") as out,
+            open(self._part, "rb") as part,
+        ):
             np.lib.format.write_array_header_1_0(out, header)
             shutil.copyfileobj(part, out)
         self._part.unlink()
@@ -161,7 +166,10 @@ class EncodedSplit:
 
     @classmethod
     def from_texts(
-        cls, vocab: Vocabulary, src_text: Sequence[str], tgt_text: Sequence[str] | None = None,
+        cls,
+        vocab: Vocabulary,
+        src_text: Sequence[str],
+        tgt_text: Sequence[str] | None = None,
         name: str = "input",
     ) -> EncodedSplit:
         """Encode raw sentences (e.g. input to translate); without targets, `tgt` is empty."""

@@ -117,7 +117,7 @@ class Vocabulary:
         return self._sp.id_to_piece(int(i))
 
     def uncovered_mask(self) -> np.ndarray:
-        """Boolean array over ids: True for <unk> and byte-fallback pieces (text the vocab lacks)."""
+        """Boolean array over ids: True for <unk> and byte-fallback pieces (text it lacks)."""
         return np.array(
             [self._sp.is_unknown(i) or self._sp.is_byte(i) for i in range(self.size)], dtype=bool
         )

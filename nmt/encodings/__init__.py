@@ -121,5 +121,7 @@ def build_attention_positions(
         built += 1
         yield positions
     if built != shape.layers:
-        raise ValueError(f"encoding.attention={enc['attention']} built {built} layers "
-                         f"for a stack of {shape.layers}")
+        raise ValueError(
+            f"encoding.attention={enc['attention']} built {built} layers "
+            f"for a stack of {shape.layers}"
+        )

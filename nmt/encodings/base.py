@@ -131,8 +131,10 @@ def register(method: EncodingMethod) -> EncodingMethod:
     for option in method.option_names:
         owner = taken.get(option)
         if option in SIDE_KEYS or (owner is not None and owner.name != method.name):
-            raise ValueError(f"encoding.{option} of {method.name!r} is already an option of "
-                             f"{owner.name if owner else 'every encoding'!r}")
+            raise ValueError(
+                f"encoding.{option} of {method.name!r} is already an option of "
+                f"{owner.name if owner else 'every encoding'!r}"
+            )
     unknown = set(method.evaluation_options) - set(method.option_names)
     if unknown:
         raise ValueError(f"{method.name}: evaluation options {sorted(unknown)} are not options")

@@ -43,8 +43,12 @@ def _check(enc: Any, model: Any) -> None:
 
 register(
     EncodingMethod(
-        "learned", "input", lambda enc, d_model: LearnedPositions(d_model, enc.max_len),
-        options=LearnedOptions, check=_check, position_limit=lambda enc: enc.max_len,
+        "learned",
+        "input",
+        lambda enc, d_model: LearnedPositions(d_model, enc.max_len),
+        options=LearnedOptions,
+        check=_check,
+        position_limit=lambda enc: enc.max_len,
         summary="trained table (`encoding.max_len`)",
     )
 )

@@ -98,7 +98,9 @@ class RelativePositionBias(AttentionPositions):
         B, H, Nq, Nk = weights.shape
         index, lo, hi = self._window_index(q_start, Nq, Nk, weights.device)
         buckets = weights.new_zeros(B, H, Nq, hi - lo + 1)
-        buckets = buckets.scatter_add(-1, index.expand(B, H, Nq, Nk), weights)  # (B, H, Nq, hi - lo + 1)
+        buckets = buckets.scatter_add(
+            -1, index.expand(B, H, Nq, Nk), weights
+        )  # (B, H, Nq, hi - lo + 1)
         edge = self.edge_values[..., lo : hi + 1, :].to(weights.dtype)  # type: ignore[index]
         if self.share_heads:
             return buckets @ edge  # (B, H, Nq, d)
@@ -132,7 +134,11 @@ def _build(enc: Any, shape: AttentionShape) -> Iterator[RelativePositionBias]:
 
 register(
     EncodingMethod(
-        "relative", "attention", _build, options=RelativeOptions, check=_check,
+        "relative",
+        "attention",
+        _build,
+        options=RelativeOptions,
+        check=_check,
         summary="`a^K` on the logits, `a^V` on the output, clipped at `k`",
     )
 )

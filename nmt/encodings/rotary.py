@@ -44,7 +44,12 @@ class RotaryPositions(AttentionPositions):
     """
 
     def __init__(
-        self, d_head: int, base: float, scaling: str = "none", factor: float = 1.0, train_len: int = 0
+        self,
+        d_head: int,
+        base: float,
+        scaling: str = "none",
+        factor: float = 1.0,
+        train_len: int = 0,
     ) -> None:
         super().__init__()
         if d_head % 2:
@@ -121,7 +126,9 @@ class RotaryPositions(AttentionPositions):
             cos = torch.stack([c for c, _ in rows]).unsqueeze(1)  # (B, 1, N, d/2)
             sin = torch.stack([s for _, s in rows]).unsqueeze(1)
         else:
-            cos, sin = self._angles(start, length, self._scale(total), x.device, x.dtype)  # (N, d/2)
+            cos, sin = self._angles(
+                start, length, self._scale(total), x.device, x.dtype
+            )  # (N, d/2)
         x1, x2 = x.chunk(2, dim=-1)
         return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
 
@@ -150,15 +157,22 @@ def _check(enc: Any, model: Any) -> None:
 def _build(enc: Any, shape: AttentionShape) -> Iterator[RotaryPositions]:
     for _ in range(shape.layers):
         yield RotaryPositions(
-            shape.d_head, enc.rotary_base, enc.rotary_scaling, enc.rotary_factor,
+            shape.d_head,
+            enc.rotary_base,
+            enc.rotary_scaling,
+            enc.rotary_factor,
             enc.rotary_train_len,
         )
 
 
 register(
     EncodingMethod(
-        "rotary", "attention", _build, options=RotaryOptions,
+        "rotary",
+        "attention",
+        _build,
+        options=RotaryOptions,
         evaluation_options=("rotary_scaling", "rotary_factor", "rotary_train_len"),
-        check=_check, summary="rotates q and k",
+        check=_check,
+        summary="rotates q and k",
     )
 )
