@@ -11,17 +11,19 @@ checkpoints also hold the optimizer, scheduler, scaler, RNG and data position.
 from __future__ import annotations
 
 import os
+import pickle
 import re
 import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from nmt.config import complete_encoding
 from nmt.encodings import architecture_options
 from nmt.errors import CheckpointError
+from nmt.presets import complete_encoding
 from nmt.textio import new_file_mode
 
 FORMAT_VERSION = 1
@@ -57,19 +59,60 @@ def remove_partial_writes(directory: str | Path) -> list[Path]:
     return removed
 
 
+def _numpy_rng_globals() -> list[Any]:
+    """What unpickling NumPy's uint32 RNG key array needs (numpy 1 and 2 name it apart)."""
+    core = getattr(np, "_core", None) or np.core
+    return [core.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+
+
+_OLD_NUMPY_RNG_GLOBALS = _numpy_rng_globals()
+
+
+def _first_line(err: BaseException) -> str:
+    """torch's unpickling errors are pages long; their gist is the line naming the global."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    named = [line for line in lines if "GLOBAL" in line or "global" in line]
+    return (named or lines or [type(err).__name__])[0][:300]
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Read a checkpoint written by `save_checkpoint`, with one clear error if it cannot be."""
     path = Path(path)
     if not path.is_file():
+        if path.is_dir():  # a run directory is the usual slip: name the files inside it
+            found = sorted(p.name for p in path.glob("*.pt") if not p.name.startswith("."))
+            best = "checkpoint_best.pt" in found or not found
+            example = path / ("checkpoint_best.pt" if best else found[-1])
+            held = ", ".join(found[:10]) + (f" and {len(found) - 10} more" if found[10:] else "")
+            raise CheckpointError(
+                f"checkpoint {path} is a directory, not a checkpoint file; pass a .pt file "
+                f"inside it, e.g. {example} "
+                + (f"(it holds {held})" if found else "(it holds no .pt files)")
+            )
+        what = "is not a regular file" if path.exists() else "does not exist"
         raise CheckpointError(
-            f"checkpoint {path} does not exist; pass the path of a .pt file written by nmt-train "
+            f"checkpoint {path} {what}; pass the path of a .pt file written by nmt-train "
             f"(e.g. RUN_DIR/checkpoint_best.pt)"
         )
     try:
-        state = torch.load(path, map_location=map_location, weights_only=False)
+        # Tensors, numbers, strings and containers only: unpickling never calls a function
+        # the file names. NumPy's array reconstruction is allowed for the RNG state of
+        # checkpoints written before it was stored as a tensor.
+        with torch.serialization.safe_globals(_OLD_NUMPY_RNG_GLOBALS):
+            state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        if "global" not in str(err).lower():  # a damaged file, not a foreign function
+            raise CheckpointError(
+                f"checkpoint {path} is not readable ({_first_line(err)}); is it complete?"
+            ) from None
+        raise CheckpointError(
+            f"refused to load {path}: it is not a plain checkpoint and loading it would run "
+            f"code it names ({_first_line(err)}); nmt checkpoints hold only tensors, numbers "
+            f"and text. Do not use files from a source you do not trust"
+        ) from None
     except Exception as err:  # torch raises several types for truncated or foreign files
         raise CheckpointError(
-            f"checkpoint {path} is not readable ({err}); is it an nmt checkpoint?"
+            f"checkpoint {path} is not readable ({_first_line(err)}); is it an nmt checkpoint?"
         ) from err
     if not isinstance(state, dict) or "model" not in state or "config" not in state:
         raise CheckpointError(
@@ -79,7 +122,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
 
 def checkpoint_config(state: dict[str, Any]) -> DictConfig:
-    """The checkpoint's config, completed for this version (`nmt.config.complete_encoding`).
+    """The checkpoint's config, completed for this version (`nmt.presets.complete_encoding`).
 
     Architecture keys are never filled in: a missing one must fail, not become the default."""
     cfg = OmegaConf.create(state["config"])

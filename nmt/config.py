@@ -15,13 +15,10 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
 from nmt.encodings import (
-    SIDE_KEYS,
-    architecture_options,
     check_encoding,
     encoding_schema,
     evaluation_options,
     position_limit,
-    used_options,
 )
 from nmt.errors import ConfigError
 
@@ -145,6 +142,12 @@ class DecodeConfig:
     max_len_b: int = 50
     max_tokens: int = 8000  # source tokens per decoding batch
     nbest: int = 1
+    # Added to UNK's log-probability at every step (fairseq's --unkpen, as a log-probability):
+    # 0 leaves UNK alone, < 0 penalises it, -inf bans it.
+    unk_penalty: float = 0.0
+    # Which EOS candidates end a hypothesis: those in the top `beam` (fairseq; beam 1 = greedy)
+    # or in the top 2 * beam (tensor2tensor). See nmt/search.py.
+    eos_rule: str = "top_beam"
     # BLEU by source length: upper ends of the buckets, in subwords (1-10, ..., 31-50, 51+)
     length_buckets: list[int] = field(default_factory=lambda: [10, 20, 30, 50])
 
@@ -188,8 +191,12 @@ def validate(cfg: Any) -> None:
         if not 0.0 <= getattr(model, name) < 1.0:
             raise ConfigError(f"model.{name}={getattr(model, name)} must be in [0, 1)")
     check_encoding(enc, model)
+    # NumPy's global generator, seeded with it, takes 0 ... 2**32 - 1.
+    if "seed" in cfg and not 0 <= cfg.seed < 2**32:
+        raise ConfigError(f"seed={cfg.seed} must be between 0 and {2**32 - 1}")
     if "data" in cfg:
         validate_data(cfg.data)
+        check_encoding(enc, model, cfg.data)
     if "train" in cfg:
         _validate_train(cfg.train)
     if "decode" in cfg:
@@ -276,6 +283,7 @@ def _validate_train(train: Any) -> None:
         "warmup_steps",
         "log_every",
         "eval_every",
+        "save_every",
         "dist_timeout_minutes",
     ):
         if getattr(train, name) < 1:
@@ -300,6 +308,19 @@ def _validate_decode(decode: Any) -> None:
         raise ConfigError(f"decode.max_tokens={decode.max_tokens} must be >= 1")
     if not 1 <= decode.nbest <= decode.beam:
         raise ConfigError(f"decode.nbest={decode.nbest} must be between 1 and decode.beam")
+    # Configs saved in older checkpoints lack these two keys: the defaults apply.
+    unk_penalty = getattr(decode, "unk_penalty", 0.0)
+    eos_rule = getattr(decode, "eos_rule", "top_beam")
+    if not unk_penalty <= 0:  # NaN fails too; > 0 would break the search's stopping bound
+        raise ConfigError(
+            f"decode.unk_penalty={unk_penalty} must be <= 0: a log-probability added to UNK "
+            f"(0: none, -inf: never output UNK)"
+        )
+    if eos_rule not in ("top_beam", "top_2beam"):
+        raise ConfigError(
+            f"decode.eos_rule={eos_rule!r} is unknown; choose top_beam (fairseq: EOS ends a "
+            f"hypothesis only among the top beam candidates) or top_2beam (tensor2tensor)"
+        )
 
 
 def decode_settings(node: Any = None, **overrides: Any) -> DecodeConfig:
@@ -322,58 +343,17 @@ def encoding_presets() -> tuple[str, ...]:
     )
 
 
-def compose(overrides: list[str] | None = None, config_name: str = "config") -> DictConfig:
-    """Compose `conf/` with command-line style overrides, outside a Hydra app (tests, notebooks)."""
+def compose(
+    overrides: list[str] | None = None, config_name: str = "config", **hydra_options: Any
+) -> DictConfig:
+    """Compose `conf/` with command-line style overrides, outside a Hydra app (tests,
+    notebooks); `hydra_options` go to `hydra.compose` (e.g. return_hydra_config=True)."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_module
 
     register_configs()
     with initialize_config_module(config_module="nmt.conf", version_base="1.3"):
-        cfg = hydra_compose(config_name=config_name, overrides=list(overrides or []))
-    return cfg
-
-
-def training_presets() -> tuple[str, ...]:
-    """The encoding presets that train different models: presets that differ from an earlier
-    one only in evaluation-only options (the rotary scalings) are left out."""
-    seen, kept = set(), []
-    for name in encoding_presets():
-        enc = to_container(compose([f"encoding={name}"]).encoding)
-        key = tuple((k, enc[k]) for k in ("name", *architecture_options(enc)))
-        if key not in seen:
-            seen.add(key)
-            kept.append(name)
-    return tuple(kept)
-
-
-@functools.cache
-def _preset_sides(name: str) -> dict[str, str]:
-    preset = compose([f"encoding={name}"]).encoding
-    return {key: preset[key] for key in SIDE_KEYS[1:]}
-
-
-def complete_encoding(enc: dict[str, Any]) -> dict[str, Any]:
-    """An encoding section as saved by any version, completed for this one.
-
-    Configs written before the two sides existed name only their preset: its sides come from
-    `conf/encoding/NAME.yaml`. Options the encoding does not use, and evaluation-only
-    options, are filled in at their defaults; a missing option that defines weights is left
-    missing, so building the model fails rather than guessing.
-    """
-    enc = dict(enc)
-    if not all(key in enc for key in SIDE_KEYS[1:]):
-        if enc.get("name") not in encoding_presets():
-            raise ConfigError(
-                f"encoding.name={enc.get('name')!r} has no preset in conf/encoding/ and the "
-                f"config names no encoding.input / encoding.attention"
-            )
-        sides = _preset_sides(enc["name"])
-        enc.update({key: sides[key] for key in SIDE_KEYS[1:] if key not in enc})
-    used = set(used_options(enc)) - set(EVALUATION_ENCODING_OPTIONS)
-    for key, value in to_container(EncodingConfig()).items():
-        if key not in enc and key not in used:
-            enc[key] = value
-    return enc
+        return hydra_compose(config_name, list(overrides or []), **hydra_options)
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -4,8 +4,8 @@
     results = translate_ids(model, [[*vocab.encode(line), EOS] for line in lines], settings)
     text = vocab.decode(results[0][0].tokens)
 
-Beam 1 decodes greedily. A source that is only EOS (an empty line) gets one empty
-hypothesis without being decoded. A source longer than the model can embed (only learned
+Beam 1 decodes greedily. A source that is only EOS (an empty line) gets `nbest` empty
+hypotheses without being decoded. A source longer than the model can embed (only learned
 absolute positions have a limit, `encoding.max_len`) is refused with a TranslateError naming
 it, before anything is decoded; every other encoding translates sources of any length.
 """
@@ -25,6 +25,7 @@ from nmt.config import DEVICES, DecodeConfig
 from nmt.data.batching import token_budget_batches
 from nmt.errors import TranslateError
 from nmt.search import (
+    EOS_RULES,
     Hypothesis,
     beam_search,
     greedy_search,
@@ -85,8 +86,8 @@ def translate_ids(
     results: list[list[Hypothesis]] = [[] for _ in src_ids]
     empty = [len(ids) <= 1 and all(t == EOS for t in ids) for ids in src_ids]
     todo = [i for i, is_empty in enumerate(empty) if not is_empty]
-    for i in set(range(len(src_ids))) - set(todo):
-        results[i] = [Hypothesis([], 0.0, 0.0)]
+    for i in set(range(len(src_ids))) - set(todo):  # as many as a decoded source: n-best
+        results[i] = [Hypothesis([], 0.0, 0.0) for _ in range(settings.nbest)]
     lengths = [len(src_ids[i]) for i in todo]
     batches = token_budget_batches(
         lengths, None, settings.max_tokens, seed=0, epoch=0, shuffle=False
@@ -118,11 +119,20 @@ def translate_ids(
 # ---------------------------------------------------------------------------------------
 # the decoding flags nmt-translate and nmt-evaluate share
 
-FLAG_SETTINGS = ("beam", "alpha", "max_len_a", "max_len_b", "max_tokens")
+FLAG_SETTINGS = (
+    "beam",
+    "alpha",
+    "max_len_a",
+    "max_len_b",
+    "max_tokens",
+    "unk_penalty",
+    "eos_rule",
+)
 
 
 def add_decode_arguments(parser: argparse.ArgumentParser) -> None:
-    """--beam, --alpha, --max-len-a/-b, --max-tokens, --device (defaults: the checkpoint's)."""
+    """--beam, --alpha, --max-len-a/-b, --max-tokens, --unk-penalty, --eos-rule, --device
+    (defaults: the checkpoint's)."""
     d = DecodeConfig()
     g = parser.add_argument_group("decoding (defaults: the checkpoint's decode settings)")
     g.add_argument("--beam", type=int, help=f"beam size, 1 = greedy (default {d.beam})")
@@ -137,6 +147,18 @@ def add_decode_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--max-len-b", type=int, help=f"... and b (default {d.max_len_b})")
     g.add_argument(
         "--max-tokens", type=int, help=f"source tokens per batch (default {d.max_tokens})"
+    )
+    g.add_argument(
+        "--unk-penalty",
+        type=float,
+        help="added to UNK's log-probability at every step, <= 0; --unk-penalty=-inf bans "
+        f"UNK (default {d.unk_penalty})",
+    )
+    g.add_argument(
+        "--eos-rule",
+        choices=EOS_RULES,
+        help="an EOS ends a hypothesis among the top beam (top_beam, fairseq) or top 2 x beam "
+        f"(top_2beam, tensor2tensor) candidates (default {d.eos_rule})",
     )
     g.add_argument("--device", default="auto", choices=DEVICES, help="default auto")
 

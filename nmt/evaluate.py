@@ -7,6 +7,8 @@
 Test text is always encoded with the checkpoint's own vocabulary, whatever the data
 config, so a model can be scored on any corpus its vocabulary covers. References are the
 raw target sentences; hypotheses are detokenised, so BLEU is sacreBLEU's on plain text.
+A data config whose language pair (data.src, data.tgt) differs from the checkpoint's is
+scored, with a warning on stderr naming both pairs.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from nmt.errors import TranslateError, UserError
 from nmt.evaluation import evaluate_split, format_summary, load_test_split
 from nmt.metrics import DEFAULT_LENGTH_EDGES
 from nmt.runtime import resolve_device
-from nmt.textio import one_line, write_text_atomic
+from nmt.textio import check_output_dir, one_line, write_error, write_text_atomic
 
 # Overrides nmt-evaluate accepts besides data.*: evaluation-time options of the model.
 MODEL_OVERRIDES = tuple(f"encoding.{key}" for key in EVALUATION_ENCODING_OPTIONS)
@@ -114,18 +116,32 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """`nmt-evaluate`: checkpoint(s) + test set in; BLEU, chrF and files out."""
-    args = build_parser().parse_args(argv)
+    # intermixed: overrides may come after flags (`ckpt --beam 4 data.tgt=fr`) as well
+    args = build_parser().parse_intermixed_args(argv)
     checkpoints, overrides = split_inputs(args.inputs)
     try:
         if not checkpoints:
             raise TranslateError("give at least one checkpoint file")
+        if args.max_sentences < 0:  # a slice would silently drop sentences from the end
+            raise TranslateError(
+                f"--max-sentences {args.max_sentences}: give a number >= 1, or 0 for all"
+            )
         device = resolve_device(args.device)
         if len(checkpoints) > 1:
             state = average_checkpoints(checkpoints)
         else:
             state = load_checkpoint(checkpoints[0])
-        state = dict(state, config=apply_overrides(state["config"], overrides))
+        trained = state["config"]
+        state = dict(state, config=apply_overrides(trained, overrides))
         model, cfg, vocab = build_from_checkpoint(checkpoints[0], device, state=state)
+        default_dir = Path(checkpoints[0]).resolve().parent / f"eval_{args.split}"
+        out_dir = Path(args.out_dir or default_dir)
+        # refused before decoding; a missing directory is made when the files are written
+        label = "-o" if args.out_dir else "output directory"
+        check_output_dir(out_dir, label)
+        warning = language_pair_warning(checkpoints[0], trained, cfg.data)
+        if warning:
+            print(f"nmt-evaluate: warning: {warning}", file=sys.stderr)
         settings = decode_settings(
             cfg.get("decode"),
             **decode_arguments(args),
@@ -133,38 +149,59 @@ def main(argv: list[str] | None = None) -> int:
             length_buckets=parse_buckets(args.buckets) if args.buckets else None,
         )
         split = load_test_split(cfg.data, args.split, vocab)
-        default_dir = Path(checkpoints[0]).resolve().parent / f"eval_{args.split}"
-        out_dir = Path(args.out_dir or default_dir)
-        result = evaluate_split(
-            model,
-            vocab,
-            split,
-            settings,
-            device=device,
-            max_sentences=args.max_sentences,
-            hyp_path=out_dir / "hyp.txt",
-            progress=not args.quiet,
-        )
+        try:
+            result = evaluate_split(
+                model,
+                vocab,
+                split,
+                settings,
+                device=device,
+                max_sentences=args.max_sentences,
+                hyp_path=out_dir / "hyp.txt",
+                progress=not args.quiet,
+            )
+            refs = [one_line(t) for t in split.tgt_text[: result["sentences"]]]
+            write_text_atomic(out_dir / "ref.txt", refs)
+            data = OmegaConf.to_container(cfg.data, resolve=True)
+            result.update(
+                checkpoints=[str(p) for p in checkpoints],
+                averaged=len(checkpoints) > 1,
+                data={k: v for k, v in data.items() if k != "toy"},
+                hyp_file=str(out_dir / "hyp.txt"),
+                ref_file=str(out_dir / "ref.txt"),
+            )
+            write_text_atomic(out_dir / "eval.json", [json.dumps(result, indent=2)])
+        except OSError as err:  # only the three files are written here; e.g. a full disk
+            raise write_error(label, out_dir, err) from None
     except UserError as err:
         print(f"nmt-evaluate: {err}", file=sys.stderr)
         return 2
-    refs = [one_line(t) for t in split.tgt_text[: result["sentences"]]]
-    write_text_atomic(out_dir / "ref.txt", refs)
-    data = OmegaConf.to_container(cfg.data, resolve=True)
-    result.update(
-        checkpoints=[str(p) for p in checkpoints],
-        averaged=len(checkpoints) > 1,
-        data={k: v for k, v in data.items() if k != "toy"},
-        hyp_file=str(out_dir / "hyp.txt"),
-        ref_file=str(out_dir / "ref.txt"),
-    )
-    write_text_atomic(out_dir / "eval.json", [json.dumps(result, indent=2)])
     what = f"{len(checkpoints)} checkpoints averaged" if len(checkpoints) > 1 else checkpoints[0]
     print(f"checkpoint: {what}")
     print(f"data      : {cfg.data.name} {cfg.data.src}->{cfg.data.tgt}, split {split.name}")
     print(format_summary(result))
     print(f"\nwrote {out_dir / 'hyp.txt'}, {out_dir / 'ref.txt'}, {out_dir / 'eval.json'}")
     return 0
+
+
+def language_pair_warning(checkpoint: str, trained: dict[str, Any], data: Any) -> str | None:
+    """Why scoring `checkpoint` on `data` is probably a mistake, if its language pair differs.
+
+    A warning, not an error: scoring a model on another pair (a pivot language, a corpus
+    whose files are named differently) can be meant, but it is almost always a slip that
+    gives a BLEU near 0 and nothing else to show for it.
+    """
+    section = OmegaConf.create(trained).get("data") or {}
+    was = (section.get("src"), section.get("tgt"))
+    now = (data.get("src"), data.get("tgt"))
+    if was == now or None in was:  # a config without a pair cannot be compared
+        return None
+    return (
+        f"{checkpoint} was trained on {was[0]}->{was[1]} but is evaluated on "
+        f"{now[0]}->{now[1]} data (data.src={now[0]}, data.tgt={now[1]}): its output is scored "
+        f"against {now[1]} references, so expect a BLEU near 0; to score it on its own pair, "
+        f"pass data.src={was[0]} data.tgt={was[1]}"
+    )
 
 
 def parse_buckets(text: str) -> list[int]:

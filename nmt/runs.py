@@ -16,9 +16,10 @@ from typing import Any
 
 import yaml
 
-from nmt.config import complete_encoding, flatten
+from nmt.config import flatten
 from nmt.encodings import SIDE_KEYS, all_methods, used_options
 from nmt.errors import ConfigError
+from nmt.presets import complete_encoding
 from nmt.results import MEASURES, RUNTIME_KEYS, measures
 
 # Config keys that never define a row: how the run was executed, where the cache and the

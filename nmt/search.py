@@ -6,6 +6,12 @@ GNMT penalty `lp(n) = ((5 + n) / 6) ** alpha` (Wu et al. 2016), n counting EOS. 
 gives lp = 1: the raw log-probability. This is "beam 4, alpha 0.6" of tensor2tensor and
 of the paper, not fairseq's `--lenpen` (`n ** alpha`).
 
+Special tokens. PAD and BOS are never output: their log-probability is -inf at every step,
+so a hypothesis holds only tokens its text shows and its score counts only those. UNK gets
+`unk_penalty` added to its log-probability at every step (0: none, -inf: never output; the
+penalty is part of `log_prob` and `score`, as in fairseq). It must be <= 0: the stopping
+bound below needs every step's log-probability to be <= 0.
+
 When the penalty applies. At each step every candidate (live beam x next token) has the
 same length, so dividing them all by one lp(n) would not change their order: live beams
 are ranked by raw cumulative log-probability, and a hypothesis is normalised once, when
@@ -17,9 +23,11 @@ One step, for every active sentence at once (rows = sentences x beams):
 
 1. candidates: `scores (N, K, 1) + log_softmax(logits) (N, K, V)`, flattened to
    `(N, K*V)`, top 2K of them (at most K end in EOS, one per beam, so at least K do not);
-2. an EOS candidate ranked among the top K finishes a hypothesis (fairseq's rule: EOS is
-   accepted only where it would have taken a beam slot, which makes beam 1 exactly
-   greedy); at max_len every non-EOS token is masked so all live beams finish;
+2. an EOS candidate finishes a hypothesis if it ranks among the top K (`eos_rule=top_beam`,
+   the default, fairseq's rule: EOS is accepted only where it would have taken a beam slot,
+   which makes beam 1 exactly greedy) or among all 2K (`top_2beam`, tensor2tensor's rule,
+   which also finishes the EOS candidates ranked K+1 to 2K); at max_len every non-EOS token
+   is masked so all live beams finish;
 3. the K best non-EOS candidates become the live beams (the beam is refilled to K), and
    the cache rows are reordered to follow them.
 
@@ -27,11 +35,16 @@ A sentence is done at max_len, or when one of two rules says its search is over:
 
 * T2T's bound (exact): it has `nbest` finished hypotheses and no live beam can still beat
   the nbest-th of them. A live beam of log-probability L can at best reach
-  `L / lp(max_len)`, since L only falls and lp only grows with length.
-* fairseq's beam budget, made length-aware: K hypotheses have finished and no live beam,
-  scored as it stands (`L / lp(its length)`), beats the nbest-th of them. With beam 1
-  this is greedy's stop at the first arg-max EOS, so beam 1 is exactly greedy; with
-  alpha = 0 it is implied by the bound.
+  `L / lp(max_len)`, since L <= 0 only falls (every step adds a log-probability <= 0, the
+  UNK penalty included) and lp only grows with length. Nothing in this depends on which
+  EOS candidates finish, so it holds under both EOS rules. Under `top_2beam` it is the
+  only rule (tensor2tensor's `stop_early`): a hypothesis finished from rank K+1 to 2K,
+  possibly early and short, is final only once no live beam can beat it.
+* fairseq's beam budget, made length-aware, with `top_beam` only: K hypotheses have
+  finished and no live beam, scored as it stands (`L / lp(its length)`), beats the nbest-th
+  of them. With beam 1 this is greedy's stop at the first arg-max EOS, so beam 1 is exactly
+  greedy; with alpha = 0 it is implied by the bound. (Under `top_2beam` beam 1 is not
+  greedy: an EOS ranked second finishes too. `nmt.decoding` decodes beam 1 greedily.)
 
 Done sentences leave the batch (`cache.reorder`), so what a sentence gets never depends on
 what it was batched with. Returned n-best lists are the finished hypotheses sorted by
@@ -52,7 +65,9 @@ import torch
 from torch import Tensor
 
 from nmt.config import DecodeConfig
-from nmt.special_ids import BOS, EOS, PAD
+from nmt.special_ids import BOS, EOS, PAD, UNK
+
+EOS_RULES = ("top_beam", "top_2beam")  # DecodeConfig.eos_rule: see the module docstring
 
 
 @dataclass(frozen=True)
@@ -91,6 +106,23 @@ def max_output_lengths(
         # Output token n is predicted from the decoder input at position n - 1.
         max_len = max_len.clamp(max=limit)
     return max_len.to(src.device)
+
+
+def _check_settings(settings: DecodeConfig) -> None:
+    """Refuse what the search cannot honour (`nmt.config.decode_settings` checks the same)."""
+    if not settings.unk_penalty <= 0:  # NaN fails too
+        raise ValueError(f"need unk_penalty <= 0, got {settings.unk_penalty}")
+    if settings.eos_rule not in EOS_RULES:
+        raise ValueError(f"eos_rule must be one of {EOS_RULES}, got {settings.eos_rule!r}")
+
+
+def _mask_special(lprobs: Tensor, unk_penalty: float) -> Tensor:
+    """PAD and BOS never come next; UNK gets `unk_penalty` (in place on `(..., V)`)."""
+    lprobs[..., PAD] = -math.inf
+    lprobs[..., BOS] = -math.inf
+    if unk_penalty != 0:
+        lprobs[..., UNK] += unk_penalty
+    return lprobs
 
 
 class _Stepper:
@@ -139,10 +171,11 @@ def greedy_search(
 ) -> list[list[Hypothesis]]:
     """Arg-max decoding of `src (B, S)`; one-hypothesis lists, scored like `beam_search`.
 
-    Of `settings` (default: DecodeConfig()) it reads the length limit, and `alpha` only to
-    score the hypothesis; beam and nbest do not apply.
+    Of `settings` (default: DecodeConfig()) it reads the length limit, `unk_penalty`, and
+    `alpha` only to score the hypothesis; beam, nbest and eos_rule do not apply.
     """
     settings = DecodeConfig() if settings is None else settings
+    _check_settings(settings)
     alpha, max_len_a, max_len_b = settings.alpha, settings.max_len_a, settings.max_len_b
     B, device = src.size(0), src.device
     max_len = max_output_lengths(src, max_len_a, max_len_b, target_position_limit(model))
@@ -155,7 +188,7 @@ def greedy_search(
     step = 0
     while active.numel() > 0:
         step += 1  # the output length if this step's token is EOS
-        lprobs = stepper.step(last)  # (R, V)
+        lprobs = _mask_special(stepper.step(last), settings.unk_penalty)  # (R, V)
         forced = max_len[active] <= step  # EOS forced at max_len
         lprobs[forced, :EOS] = -math.inf
         lprobs[forced, EOS + 1 :] = -math.inf
@@ -187,9 +220,12 @@ def beam_search(
 ) -> list[list[Hypothesis]]:
     """Batched beam search over `src (B, S)`; per sentence its `nbest` hypotheses, best first.
 
-    `settings` (default: DecodeConfig()) gives beam, alpha, nbest and the length limit.
+    `settings` (default: DecodeConfig()) gives beam, alpha, nbest, the length limit,
+    unk_penalty and eos_rule.
     """
     settings = DecodeConfig() if settings is None else settings
+    _check_settings(settings)
+    top_beam = settings.eos_rule == "top_beam"
     beam, alpha, nbest = settings.beam, settings.alpha, settings.nbest
     max_len_a, max_len_b = settings.max_len_a, settings.max_len_b
     if beam < 1 or not 1 <= nbest <= beam:
@@ -211,6 +247,7 @@ def beam_search(
         step += 1  # output length (EOS included) of a hypothesis finishing now
         N, k = scores.shape
         lprobs = stepper.step(last).view(N, k, -1)  # (N, k, V)
+        _mask_special(lprobs, settings.unk_penalty)
         V = lprobs.size(-1)
         forced = max_len[active] <= step  # (N,) EOS forced at max_len
         lprobs[forced, :, :EOS] = -math.inf
@@ -221,9 +258,11 @@ def beam_search(
         origin, token = flat // V, flat % V  # beam of origin, next token
         is_eos = token.eq(EOS)
 
-        # 2. EOS within the top K finishes a hypothesis (and must be a real, finite one).
+        # 2. EOS within the top K (top_beam) or 2K (top_2beam) finishes a hypothesis, and
+        # must be a real, finite one.
         accept = is_eos & torch.isfinite(values)
-        accept[:, K:] = False
+        if top_beam:
+            accept[:, K:] = False
         # 3. The K best non-EOS candidates live on; -inf marks a dead slot (tiny vocab, forced).
         live_values = values.masked_fill(is_eos, -math.inf)
         if n_cand < K:
@@ -261,7 +300,7 @@ def beam_search(
                 continue
             if len(hyps) >= nbest and live_bound <= hyps[nbest - 1].score:
                 continue
-            if len(hyps) >= K and live_now <= hyps[nbest - 1].score:
+            if top_beam and len(hyps) >= K and live_now <= hyps[nbest - 1].score:
                 continue
             keep.append(r)
         if not keep:

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from nmt.errors import DataError, TranslateError
+from nmt.errors import DataError, TranslateError, UserError
 
 
 @functools.cache  # os.umask can only be read by setting it: once per process, not per write
@@ -74,10 +74,23 @@ def read_lines(path: str | None) -> list[str]:
     without their line ends."""
     stdin = path in (None, "-")
     where = "standard input" if stdin else str(path)
+    if stdin and sys.stdin is None:  # Python sets it to None when descriptor 0 is closed
+        raise TranslateError(
+            "standard input is closed, so there is no text to translate; give a file with "
+            "-i FILE, or pipe the text in (e.g. cat input.txt | nmt-translate CKPT)"
+        )
     try:
         data = sys.stdin.buffer.read() if stdin else read_bytes(Path(path))  # type: ignore[arg-type]
-    except (FileNotFoundError, IsADirectoryError):
-        raise TranslateError(f"input file {path} does not exist") from None
+    except FileNotFoundError:
+        raise TranslateError(
+            f"input file {path} does not exist; give the path of a UTF-8 text file, one "
+            f"sentence a line (or leave -i out to read standard input)"
+        ) from None
+    except IsADirectoryError:
+        raise TranslateError(
+            f"input file {path} is a directory; give the path of a UTF-8 text file inside it, "
+            f"one sentence a line"
+        ) from None
     except (OSError, EOFError, zlib.error) as err:
         problem = "is not a complete gzip file" if where.endswith(".gz") else "cannot be read"
         raise TranslateError(f"{where} {problem} ({err})") from None
@@ -113,3 +126,45 @@ def write_text_atomic(path: str | Path, lines: Iterable[str]) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def nearest_existing(path: Path) -> Path:
+    """`path` itself if it exists, else its closest existing ancestor (where mkdir would start)."""
+    path = path.absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def check_output_dir(directory: str | Path, flag: str) -> None:
+    """Refuse, before any work, a directory that outputs cannot be written into.
+
+    A missing directory is fine (writing makes it); one that a file stands in the way of, or
+    that lies in an unwritable place, is a UserError naming the flag, the path and the fix.
+    """
+    directory = Path(directory)
+    base = nearest_existing(directory)
+    if not base.is_dir():
+        where = "is a file" if base == directory.absolute() else f"cannot be made: {base} is a file"
+        raise UserError(f"{flag} {directory} {where}, not a directory; choose another path")
+    if not os.access(base, os.W_OK | os.X_OK):
+        raise UserError(
+            f"{flag} {directory}: {base} is not writable (permission denied); choose a "
+            f"directory you can write to"
+        )
+
+
+def check_output_file(path: str | Path, flag: str, example: str = "out.txt") -> None:
+    """Refuse, before any work, a path that cannot become a file (see `check_output_dir`)."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(
+            f"{flag} {path} is a directory; give a file path, e.g. {flag} {path / example}"
+        )
+    check_output_dir(path.parent, f"{flag} {path}: directory")
+
+
+def write_error(flag: str, path: str | Path, err: OSError) -> UserError:
+    """The one-line message for an output that failed to be written (nothing was replaced)."""
+    reason = err.strerror or str(err)
+    return UserError(f"{flag} {path} cannot be written ({reason}); choose another path")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -20,8 +21,11 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from nmt.config import register_configs
+from nmt.errors import ConfigError, UserError
+from nmt.launch_checks import check_jobs
 from nmt.results import finished_results
 from nmt.trainer import Trainer
+from nmt.training_state import refuse_mixed_run
 
 log = logging.getLogger("nmt.train")
 
@@ -34,12 +38,13 @@ def train(cfg: Any, run_dir: str | Path) -> dict[str, Any]:
     `nmt-report` lists it as failed.
     """
     run_dir = Path(run_dir)
+    refuse_mixed_run(run_dir, cfg.train.resume)  # before failed.json could land in it
     try:
         done = finished_results(cfg, run_dir)
         if done is not None:
             log.info(
                 "%s already finished with these settings (test BLEU %.2f): nothing to do. To "
-                "train it again, use another run directory or train.resume=false",
+                "train it again, use another run directory (hydra.run.dir=DIR) or remove this one",
                 run_dir,
                 done["test"]["bleu"],
             )
@@ -63,12 +68,23 @@ register_configs()
 
 @hydra.main(version_base="1.3", config_path="pkg://nmt.conf", config_name="config")
 def _hydra_main(cfg: DictConfig) -> float:
-    results = train(cfg, Path(HydraConfig.get().runtime.output_dir))
+    try:
+        results = train(cfg, Path(HydraConfig.get().runtime.output_dir))
+    except UserError as err:  # input the user can fix: one line, not a traceback
+        print(f"nmt-train: {err}", file=sys.stderr)
+        sys.exit(2)
     # Returned for Hydra sweepers (e.g. Optuna): the validation BLEU.
     return float(results.get("valid", {}).get("bleu", float("nan"))) if results else float("nan")
 
 
 def main() -> None:
+    """`nmt-train`: every job is composed and validated first, so a bad value prints one
+    line (exit status 2) before Hydra makes a run directory."""
+    try:
+        check_jobs(sys.argv[1:])
+    except ConfigError as err:
+        print(f"nmt-train: {err}", file=sys.stderr)
+        sys.exit(2)
     _hydra_main()
 
 

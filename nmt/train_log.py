@@ -6,11 +6,14 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from nmt.errors import TrainingError
 
 # Training's messages keep the command's logger name, whichever module emits them.
 log = logging.getLogger("nmt.train")
@@ -56,11 +59,18 @@ def hms(seconds: float) -> str:
 
 
 class MetricsLog:
-    """Appends records to metrics.jsonl and, when enabled, to TensorBoard; off on ranks > 0."""
+    """Appends records to metrics.jsonl and, when enabled, to TensorBoard; off on ranks > 0.
 
-    def __init__(self, run_dir: Path, *, enabled: bool, tensorboard: bool) -> None:
+    A run that starts at `step` (0, or a resumed checkpoint's) first drops what a killed
+    launch logged past it: those steps are trained, and logged, again.
+    """
+
+    def __init__(self, run_dir: Path, *, enabled: bool, tensorboard: bool, step: int) -> None:
         self.path, self.enabled = run_dir / "metrics.jsonl", enabled
-        self.tb = tensorboard_writer(run_dir) if (tensorboard and enabled) else None
+        if enabled:
+            drop_rows_after(self.path, step)
+        # TensorBoard hides the events of steps >= purge_step that earlier launches wrote.
+        self.tb = tensorboard_writer(run_dir, step + 1) if (tensorboard and enabled) else None
 
     def record(self, values: dict[str, Any]) -> None:
         if not self.enabled:
@@ -74,13 +84,36 @@ class MetricsLog:
                     self.tb.add_scalar(f"{split}/{key}", value, values["step"])
 
 
-def tensorboard_writer(run_dir: Path) -> Any:
+def tensorboard_writer(run_dir: Path, purge_step: int | None = None) -> Any:
     """A SummaryWriter into run_dir/tensorboard, or None without the `tb` extra."""
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
         return None
-    return SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+    return SummaryWriter(log_dir=str(run_dir / "tensorboard"), purge_step=purge_step)
+
+
+def drop_rows_after(path: Path, step: int) -> int:
+    """Rewrite metrics.jsonl at `path` without its rows of steps after `step` (and a line a
+    kill cut short), atomically; the number of lines dropped."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    except FileNotFoundError:
+        return 0
+    kept = []
+    for line in lines:
+        try:
+            row = json.loads(line)
+        except ValueError:  # half-written when the process was killed
+            continue
+        if line.endswith("\n") and isinstance(row, dict) and row.get("step", 0) <= step:
+            kept.append(line)
+    if len(kept) < len(lines):
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text("".join(kept), encoding="utf-8")
+        os.replace(tmp, path)
+        log.info("dropped %d rows of %s past step %d", len(lines) - len(kept), path, step)
+    return len(lines) - len(kept)
 
 
 def train_record(
@@ -134,4 +167,21 @@ def log_validation(record: dict[str, Any]) -> None:
         record["chrf"],
         record["search"],
         record["sentences"],
+    )
+
+
+def non_finite_error(
+    value: float, step: int, lr: float, run_dir: Path, last_step: int | None
+) -> TrainingError:
+    """The error of a loss that became `value` (finite: on another rank) at `step`; it says
+    which checkpoint is left to go back to, if any."""
+    what = f"became {value}" if not math.isfinite(value) else "became non-finite on another rank"
+    kept = (
+        f"{run_dir / 'checkpoint_last.pt'} holds step {last_step}"
+        if last_step is not None
+        else f"no checkpoint was saved yet in {run_dir}"
+    )
+    return TrainingError(
+        f"the loss {what} at step {step} (learning rate {lr:.3g}); {kept}. Lower "
+        f"train.lr_scale, raise train.warmup_steps, or set train.clip_norm"
     )

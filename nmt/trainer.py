@@ -12,6 +12,7 @@ import os
 import random
 import time
 from collections.abc import Iterator
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -23,19 +24,19 @@ from nmt.checkpoint import remove_partial_writes
 from nmt.config import decode_settings, validate
 from nmt.data import prepare_data
 from nmt.data.batching import collate
-from nmt.errors import TrainingError
 from nmt.model import Transformer, build_model, parameter_counts
 from nmt.objective import build_optimization, label_smoothed_loss
 from nmt.results import results_record, write_results
 from nmt.run_scoring import average_last, final_scores, validation_record
 from nmt.runtime import init_runtime
 from nmt.train_batches import Batch, TrainBatches
-from nmt.train_log import MetricsLog, Window, log_train, train_record
+from nmt.train_log import MetricsLog, Window, log_train, non_finite_error, train_record
 from nmt.training_state import (
     CheckpointKeeper,
     Progress,
     check_writable,
     rank_rng_states,
+    refuse_mixed_run,
     resume,
     training_state,
 )
@@ -53,6 +54,7 @@ class Trainer:
         validate(cfg)
         self.created = time.perf_counter()
         self.cfg, self.run_dir = cfg, Path(run_dir)
+        refuse_mixed_run(self.run_dir, cfg.train.resume)
         self.rt = init_runtime(cfg)
         if self.rt.is_main:
             check_writable(self.run_dir)
@@ -92,7 +94,9 @@ class Trainer:
             self.ddp_model = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
         if t.compile:
             self.ddp_model = torch.compile(self.ddp_model)
-        self.metrics = MetricsLog(self.run_dir, enabled=self.rt.is_main, tensorboard=t.tensorboard)
+        at, main = self.progress.step, self.rt.is_main
+        self.metrics = MetricsLog(self.run_dir, enabled=main, tensorboard=t.tensorboard, step=at)
+        self._wall_before = self.progress.wall_seconds  # the earlier launches'
         # Beam 1 is greedy search, which takes no length penalty (alpha 0).
         d = cfg.decode
         self.validation_decode = decode_settings(
@@ -256,16 +260,7 @@ class Trainer:
         if len(bad):
             step, _, lr = pending[int(bad[0])]
             value = values[int(bad[0])].item()
-            what = (
-                f"became {value}"
-                if not math.isfinite(value)
-                else "became non-finite on another rank"
-            )
-            raise TrainingError(
-                f"the loss {what} at step {step} (learning rate "
-                f"{lr:.3g}); the last good checkpoint is kept in {self.run_dir}. Lower "
-                f"train.lr_scale, raise train.warmup_steps, or set train.clip_norm"
-            )
+            raise non_finite_error(value, step, lr, self.run_dir, self.keeper.last_step)
 
     def _log_train(self) -> None:
         """Check and log the steps since the last log line (all ranks' mean loss)."""
@@ -305,22 +300,28 @@ class Trainer:
         self._window.exclude(time.perf_counter() - paused)
 
     def _checkpoint(self, validate: bool) -> None:
-        """Validate (when due) and save; the time it takes is not training time."""
+        """Save, then validate (when due): a failure in validation loses no training. The
+        time it takes is not training time."""
         p = self.progress
         p.train_seconds += time.perf_counter() - self._started
+        state = self._save_state(best=False)
         bleu = self._validate() if validate and self.rt.is_main else None
-        improved = bleu is not None and bleu > p.best_bleu
-        if improved:
+        if state is not None and bleu is not None and bleu > p.best_bleu:
+            # Saved again with the new best BLEU (the same state otherwise), so a resumed run
+            # compares later validations with it; then it becomes checkpoint_best.pt.
             p.best_bleu = bleu
-        self._save_state(best=improved)
+            state["progress"] = asdict(p)
+            self.keeper.save(state, p.step, best=True)
         if validate:
             self._validated_step = p.step
         self.ddp_model.train()
         self._started = time.perf_counter()
 
-    def _save_state(self, best: bool) -> None:
+    def _save_state(self, best: bool) -> dict[str, Any] | None:
+        """Save the training state (on rank 0, which gets it back; other ranks get None)."""
         rank_rng = rank_rng_states(self.rt.world_size)  # a collective: every rank takes part
         if self.rt.is_main:
+            self.progress.wall_seconds = self._wall_before + time.perf_counter() - self.created
             state = training_state(
                 cfg=self.cfg,
                 vocab=self.vocab,
@@ -332,6 +333,8 @@ class Trainer:
                 rank_rng=rank_rng,
             )
             self.keeper.save(state, self.progress.step, best=best)
+            return state
+        return None
 
     def _maybe_resume(self) -> None:
         last = self.run_dir / "checkpoint_last.pt"
@@ -350,6 +353,7 @@ class Trainer:
             world_size=self.rt.world_size,
         )
         self.resumed_from = last.name
+        self.keeper.last_step = self.progress.step
 
     def _validate(self) -> float:
         record = validation_record(
@@ -374,7 +378,7 @@ class Trainer:
             train_tokens=p.tokens,
             best_valid_bleu=p.best_bleu,
             parameters=self.param_counts["total"],
-            wall_seconds=time.perf_counter() - self.created,
+            wall_seconds=self._wall_before + time.perf_counter() - self.created,
             device=str(self.rt.device),
             precision=self.rt.precision,
             world_size=self.rt.world_size,

@@ -26,7 +26,7 @@ from nmt.checkpoint import (
     save_checkpoint,
 )
 from nmt.config import to_container
-from nmt.errors import CheckpointError, TrainingError
+from nmt.errors import CheckpointError, ConfigError, TrainingError
 
 # Training's messages keep the command's logger name, whichever module emits them.
 log = logging.getLogger("nmt.train")
@@ -41,15 +41,24 @@ class Progress:
     batch_in_epoch: int = 0  # position in the epoch's batch list, for an exact resume
     tokens: int = 0  # target tokens trained on (all ranks)
     train_seconds: float = 0.0
+    wall_seconds: float = 0.0  # every launch's, start to the last save
     best_bleu: float = -1.0
 
 
 def rng_state() -> dict[str, Any]:
-    """This process's random generators: torch (and CUDA), Python's and NumPy's."""
+    """This process's random generators: torch (and CUDA), Python's and NumPy's, as tensors,
+    numbers and tuples only, so a checkpoint loads with `torch.load(weights_only=True)`."""
+    name, keys, pos, has_gauss, cached_gaussian = np.random.get_state()
     state = {
         "torch": torch.get_rng_state(),
         "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "numpy": {
+            "name": name,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached_gaussian),
+        },
     }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
@@ -59,7 +68,11 @@ def rng_state() -> dict[str, Any]:
 def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    numpy = state["numpy"]
+    if isinstance(numpy, dict):
+        keys = numpy["keys"].numpy().astype(np.uint32)
+        numpy = (numpy["name"], keys, numpy["pos"], numpy["has_gauss"], numpy["cached_gaussian"])
+    np.random.set_state(numpy)  # older checkpoints hold NumPy's own tuple
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
@@ -145,6 +158,10 @@ def resume(
     for key, value in state["progress"].items():
         if key in known:
             setattr(progress, key, value)
+    if "wall_seconds" not in state["progress"]:
+        # A checkpoint of before wall_seconds was saved: the earlier launches' training time
+        # is the best lower bound of their wall time.
+        progress.wall_seconds = progress.train_seconds
     log.info("resumed from %s at step %d", path, progress.step)
 
 
@@ -153,9 +170,11 @@ class CheckpointKeeper:
 
     def __init__(self, run_dir: Path, keep_last: int) -> None:
         self.run_dir, self.keep_last = run_dir, keep_last
+        self.last_step: int | None = None  # the step checkpoint_last.pt holds, once known
 
     def save(self, state: dict[str, Any], step: int, best: bool) -> None:
         last = self.run_dir / "checkpoint_last.pt"
+        self.last_step = step
         if self.keep_last > 0:
             numbered = self.run_dir / f"checkpoint_{step}.pt"
             save_checkpoint(numbered, state)
@@ -165,7 +184,11 @@ class CheckpointKeeper:
         else:
             save_checkpoint(last, state)
         if best:
-            _atomic_link(last, self.run_dir / "checkpoint_best.pt")
+            self.mark_best()
+
+    def mark_best(self) -> None:
+        """checkpoint_best.pt becomes the checkpoint saved last."""
+        _atomic_link(self.run_dir / "checkpoint_last.pt", self.run_dir / "checkpoint_best.pt")
 
 
 def _atomic_link(src: Path, dst: Path) -> None:
@@ -191,3 +214,25 @@ def check_writable(run_dir: Path) -> None:
             f"cannot write to the run directory {run_dir} ({err.strerror}); choose another with "
             f"hydra.run.dir=DIR (or NMT_RUNS_DIR=DIR)"
         ) from err
+
+
+def refuse_mixed_run(run_dir: Path, resume: bool) -> None:
+    """With train.resume=false, fail before any work if `run_dir` holds another run's
+    checkpoints, metrics or results: training there would mix the two runs (the old numbered
+    checkpoints outrank the new ones in pruning, checkpoint_best.pt and metrics.jsonl stay
+    the old run's)."""
+    if resume or not run_dir.is_dir():
+        return
+    found = sorted(
+        path.name
+        for path in run_dir.iterdir()
+        if path.name in ("metrics.jsonl", "results.json")
+        or (path.name.startswith("checkpoint") and path.suffix == ".pt")
+    )
+    if found:
+        shown = ", ".join(found[:3]) + (f" and {len(found) - 3} more" if len(found) > 3 else "")
+        raise ConfigError(
+            f"train.resume=false, but the run directory {run_dir} holds another run ({shown}); "
+            f"choose a new directory with hydra.run.dir=DIR, or remove {run_dir} to train "
+            f"there from scratch, or continue that run with train.resume=true"
+        )

@@ -3,15 +3,18 @@
     nmt-translate RUN/checkpoint_best.pt -i input.en -o output.de
     echo "A man rides a bike." | nmt-translate ckpt.pt --beam 4 --alpha 0.6
 
-Beam size 1 decodes greedily. An empty input line gives an empty output line without
-being decoded. A line longer than the model can embed (only learned absolute positions
-have a limit, `encoding.max_len`) is refused with a message naming it, before anything
-is decoded or written; every other encoding translates lines of any length in full.
+Beam size 1 decodes greedily. An empty input line gives an empty output line (N empty
+lines with --nbest N) without being decoded. A line longer than the model can embed (only
+learned absolute positions have a limit, `encoding.max_len`) is refused with a message
+naming it, before anything is decoded or written; every other encoding translates lines
+of any length in full. Bad input (a missing or closed input, an output path that cannot
+be written) is one message and exit status 2, with nothing written.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Any
 
@@ -22,7 +25,7 @@ from nmt.errors import UserError
 from nmt.runtime import resolve_device
 from nmt.search import Hypothesis
 from nmt.special_ids import EOS
-from nmt.textio import one_line, read_lines, write_text_atomic
+from nmt.textio import check_output_file, one_line, read_lines, write_error, write_text_atomic
 
 
 def format_output(vocab: Any, results: list[list[Hypothesis]], nbest: bool) -> list[str]:
@@ -69,6 +72,10 @@ def main(argv: list[str] | None = None) -> int:
     """`nmt-translate`: checkpoint + text in, translations out."""
     args = build_parser().parse_args(argv)
     try:
+        if args.output:  # refused before the model is loaded and the text decoded
+            check_output_file(args.output, "-o")
+        elif sys.stdout is None:  # Python sets it to None when descriptor 1 is closed
+            raise UserError("standard output is closed; write the translations with -o FILE")
         device = resolve_device(args.device)
         model, cfg, vocab = build_from_checkpoint(args.checkpoint, device)
         settings = decode_settings(
@@ -85,15 +92,22 @@ def main(argv: list[str] | None = None) -> int:
             device=device,
             progress=args.input not in (None, "-") and not args.quiet,
         )
+        out = format_output(vocab, results, nbest=args.nbest is not None)
+        if args.output:
+            try:
+                write_text_atomic(args.output, out)
+            except OSError as err:  # e.g. a full disk: the temporary file is already gone
+                raise write_error("-o", args.output, err) from None
     except UserError as err:
         print(f"nmt-translate: {err}", file=sys.stderr)
         return 2
-    out = format_output(vocab, results, nbest=args.nbest is not None)
-    if args.output:
-        write_text_atomic(args.output, out)
-    else:
-        sys.stdout.write("".join(line + "\n" for line in out))
-        sys.stdout.flush()
+    if not args.output:
+        try:
+            sys.stdout.write("".join(line + "\n" for line in out))
+            sys.stdout.flush()
+        except BrokenPipeError:  # the reader stopped early (`| head`): no traceback for that
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 1
     return 0
 
 

@@ -36,10 +36,10 @@ from nmt.config import (
     DecodeConfig,
     compose,
     decode_settings,
-    training_presets,
 )
 from nmt.decoding import translate_ids
 from nmt.model import build_model
+from nmt.presets import training_presets
 from nmt.runtime import describe_hardware, resolve_device, synchronize
 from nmt.special_ids import EOS
 from nmt.textio import read_lines, write_text_atomic

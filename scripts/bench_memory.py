@@ -154,7 +154,7 @@ def main() -> None:
     parser.add_argument(
         "--encodings",
         help="comma-separated presets (default: every preset that trains a "
-        "different model, nmt.config.training_presets)",
+        "different model, nmt.presets.training_presets)",
     )
     parser.add_argument("--lengths", default=",".join(map(str, LENGTHS)))
     parser.add_argument("--model", default="base")
@@ -185,7 +185,7 @@ def main() -> None:
     if args.encodings:
         names = args.encodings.split(",")
     else:
-        from nmt.config import training_presets
+        from nmt.presets import training_presets
 
         names = list(training_presets())
     names += ["naive"] if args.naive_max_len else []

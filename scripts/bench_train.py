@@ -32,11 +32,12 @@ from pathlib import Path
 
 import torch
 
-from nmt.config import compose, encoding_presets, training_presets, validate
+from nmt.config import compose, encoding_presets, validate
 from nmt.data import EncodedSplit, prepare_data, train_vocabulary
 from nmt.data.batching import collate, split_batches
 from nmt.model import build_model, parameter_counts
 from nmt.objective import label_smoothed_loss
+from nmt.presets import training_presets
 from nmt.runtime import (
     autocast,
     describe_hardware,

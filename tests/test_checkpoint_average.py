@@ -144,3 +144,57 @@ def test_sigkill_in_the_middle_of_save_checkpoint_keeps_the_previous_file(tmp_pa
     assert all(s >= 1 for s in steps)
     remove_partial_writes(tmp_path)  # what the trainer does when it starts in a run directory
     assert [p.name for p in tmp_path.iterdir()] == [path.name]
+
+
+@pytest.mark.parametrize("last", ["0", "-1"])
+def test_last_below_one_is_refused(tmp_path, capsys, last) -> None:
+    """--last 0 took every checkpoint ([-0:]) and --last -1 all but the oldest."""
+    for step in (1, 2, 3):
+        write(tmp_path / f"checkpoint_{step}.pt", seed=step)
+    out = tmp_path / "avg.pt"
+    assert main(["--run", str(tmp_path), "--last", last, "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"--last {last}: give how many of the newest checkpoints to average, at least 1" in err
+    assert not out.exists()
+
+
+def test_fewer_checkpoints_than_asked_are_averaged_and_said(tmp_path, capsys) -> None:
+    write(tmp_path / "checkpoint_1.pt")
+    assert main(["--run", str(tmp_path), "--last", "4", "-o", str(tmp_path / "avg.pt")]) == 0
+    assert f"averaged 1 checkpoints into {tmp_path / 'avg.pt'} (--last 4, but " in (
+        capsys.readouterr().err
+    )
+
+
+def test_a_directory_given_as_checkpoint_is_named_with_its_files(tmp_path) -> None:
+    for step in (2, 10):
+        write(tmp_path / f"checkpoint_{step}.pt", seed=step)
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(tmp_path)
+    message = str(err.value)
+    assert f"checkpoint {tmp_path} is a directory" in message and "does not exist" not in message
+    assert "(it holds checkpoint_10.pt, checkpoint_2.pt)" in message
+    assert f"e.g. {tmp_path}/checkpoint_" in message
+
+
+def test_bad_runs_inputs_and_outputs_are_one_message(tmp_path, capsys) -> None:
+    a = write(tmp_path / "run" / "checkpoint_1.pt")
+    write(tmp_path / "run" / "checkpoint_2.pt", seed=2)
+    out = str(tmp_path / "avg.pt")
+    cases = [
+        (["--run", str(tmp_path / "nope"), "-o", out], "does not exist; give the run directory"),
+        (["--run", str(a), "-o", out], f"--run {a} is not a directory"),
+        (["--last", "2", str(a), "-o", out], "--last needs --run DIR"),
+        (["-o", out], "give checkpoint files to average, or --run DIR"),
+        ([str(a), str(a), "-o", out], f"{a} is given twice"),
+        (["--run", str(a.parent), "-o", str(a)], f"-o {a} is one of the checkpoints"),
+        (["--run", str(a.parent), "-o", str(tmp_path)], f"-o {tmp_path} is a directory"),
+        (["--run", str(a.parent), "-o", str(a / "x.pt")], f"{a} is a file, not a directory"),
+    ]
+    for argv, message in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err and err.count("\n") == 1, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+    assert sorted(p.name for p in a.parent.iterdir()) == ["checkpoint_1.pt", "checkpoint_2.pt"]
+    assert load_checkpoint(a)["step"] == 0, "the input is untouched"

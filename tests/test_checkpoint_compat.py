@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from nmt.checkpoint import architecture_differences, checkpoint_config
-from nmt.config import compose, to_container, training_presets
+from nmt.config import compose, to_container
 from nmt.model import build_model
+from nmt.presets import training_presets
 
 # The encoding keys of the last version without the two sides.
 OLD_ENCODING_KEYS = (

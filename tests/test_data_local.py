@@ -5,7 +5,9 @@ from __future__ import annotations
 import gzip
 import logging
 import multiprocessing
+import os
 import random
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -361,3 +363,61 @@ def test_concurrent_processes_build_once(corpus, tmp_path):
     assert sorted(results.get(timeout=1) for _ in procs) == [False, True]
     assert (tmp_path / "trainings").read_text() == "x"  # SentencePiece trained once
     assert len(list((tmp_path / "cache" / "data").iterdir())) == 1
+
+
+@pytest.mark.parametrize("role", ["valid", "test"])
+def test_empty_validation_or_test_split_is_refused_before_any_work(
+    corpus, tmp_path, monkeypatch, capsys, role
+):
+    """An empty split would train for hours, then divide by zero sentences at validation."""
+    from nmt.data.__main__ import main as stats_main
+
+    monkeypatch.setattr(prepare_mod, "train_vocabulary", lambda *a, **k: pytest.fail("trained"))
+    write(corpus / f"{role}.en", [])
+    write(corpus / f"{role}.de", [])
+    name = "validation" if role == "valid" else "test"
+    message = (
+        f"the {name} split '{role}' (data.{role}_split) is empty: {corpus / f'{role}.en'} and "
+        f"{corpus / f'{role}.de'} have no lines; add sentence pairs to it or set "
+        f"data.{role}_split to a split that has them"
+    )
+    with pytest.raises(DataError) as err:
+        prepare_data(config(corpus, tmp_path / "cache"))
+    assert str(err.value) == message
+    assert_no_entry(tmp_path / "cache")
+    # `python -m nmt.data` says it in one line, exit status 2
+    overrides = ["data=local", f"data.root={corpus}", "data.src=en", "data.tgt=de"]
+    assert stats_main([*overrides, f"data.cache_dir={tmp_path / 'cache'}"]) == 2
+    assert capsys.readouterr().err == f"error: {message}\n"
+
+
+def test_killed_builds_leave_nothing_the_next_run_keeps(corpus, tmp_path):
+    """A build killed mid-way leaves tmp/<entry>.<pid>.<rand>@<host>/; the next prepare_data
+    removes it when its process is gone, and leaves live builds and other hosts' alone."""
+    from nmt.data.cache_dirs import host_tag
+
+    cache = tmp_path / "cache"
+    dead = _dead_pid()
+    host, live = host_tag(), os.getpid()
+    names = {
+        f"local-en-de-aaaa.{dead}.0123abcd@{host}": False,  # killed here: removed
+        f"local-en-de-bbbb.{live}.0123abcd@{host}": True,  # still building: kept
+        f"local-en-de-cccc.{dead}.0123abcd@another-host": True,  # its pid means nothing here
+        f"local-en-de-dddd.{dead}.0123abcd": False,  # a name of before the host was in it
+        f"local-en-de-eeee.{live}.0123abcd": True,
+        "local-en-de-ffff.trash.0123abcd": False,  # a deletion killed half-way
+        "someone-elses-file": True,
+    }
+    for name in names:
+        (cache / "tmp" / name).mkdir(parents=True)
+        (cache / "tmp" / name / "train.src.ids.npy.part").write_bytes(b"\0" * 1000)
+    prepare_data(config(corpus, cache))
+    kept = {path.name for path in (cache / "tmp").iterdir()}
+    assert kept == {name for name, keep in names.items() if keep}
+
+
+def _dead_pid() -> int:
+    """The pid of a process that has ended (and been reaped)."""
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid

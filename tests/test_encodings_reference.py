@@ -13,11 +13,12 @@ import torch
 from omegaconf import OmegaConf
 
 from nmt.attention import MultiHeadAttention
-from nmt.config import ConfigError, complete_encoding
+from nmt.config import ConfigError
 from nmt.encodings.relative import RelativePositionBias
 from nmt.encodings.rotary import RotaryPositions
 from nmt.encodings.sinusoidal import SinusoidalPositions
 from nmt.model import build_model
+from nmt.presets import complete_encoding
 
 TOL = 1e-6
 

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from nmt.config import ConfigError, compose, training_presets, validate
+from nmt.config import ConfigError, compose, validate
 from nmt.model import build_model, parameter_counts
+from nmt.presets import training_presets
 
 ENCODINGS = list(training_presets())  # every preset that trains a different model
 PAD = 0

@@ -6,11 +6,14 @@ import math
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 from torch import Tensor
 
-from nmt.config import DecodeConfig, compose, training_presets
-from nmt.data.vocab import BOS, EOS
+from nmt.config import DecodeConfig, compose, decode_settings, validate
+from nmt.data.vocab import BOS, EOS, PAD, UNK
+from nmt.errors import ConfigError
 from nmt.model import build_model
+from nmt.presets import training_presets
 from nmt.search import (
     Hypothesis,
     beam_search,
@@ -227,6 +230,136 @@ def test_nbest_larger_than_beam_is_refused() -> None:
         beam_search(long_or_short(), src_of(3), DecodeConfig(beam=2, nbest=3))
 
 
+def special_lover() -> TableModel:
+    """Prefers BOS, then PAD, then UNK, to the words; EOS is never the arg-max."""
+    return TableModel(
+        {
+            (): {BOS: 0.4, PAD: 0.3, UNK: 0.2, A: 0.06, B: 0.03, EOS: 0.005},
+            (UNK,): {BOS: 0.5, EOS: 0.45},
+            (A,): {PAD: 0.6, EOS: 0.35},
+            (B,): {EOS: 0.9},
+        },
+        default={BOS: 0.9},
+    )
+
+
+def test_pad_and_bos_are_never_output_and_the_score_counts_only_shown_tokens() -> None:
+    # Unmasked, greedy would output BOS up to max_len: an empty text with a score of 11 tokens.
+    lp2 = length_penalty(2, 0.6)
+    for search, settings in [
+        (greedy_search, DecodeConfig(**UP_TO_12)),
+        (beam_search, DecodeConfig(beam=2, nbest=2, **UP_TO_12)),
+    ]:
+        hyps = search(special_lover(), src_of(3), settings)[0]
+        assert hyps[0].tokens == [UNK]  # UNK is allowed by default (unk_penalty = 0)
+        assert hyps[0].log_prob == pytest.approx(math.log(0.2 * 0.45), abs=1e-5)
+        assert hyps[0].score == pytest.approx(math.log(0.2 * 0.45) / lp2, abs=1e-5)
+    assert [h.tokens for h in hyps] == [[UNK], [A]]
+    assert hyps[1].score == pytest.approx(math.log(0.06 * 0.35) / lp2, abs=1e-5)
+
+
+def test_unk_penalty_is_added_to_unk_at_every_step_and_minus_inf_bans_it() -> None:
+    model, lp2 = special_lover(), length_penalty(2, 0.6)
+    # UNK (0.2) penalised by 0.5 still beats A (0.06); the penalty is part of the score.
+    halved = greedy_search(model, src_of(3), DecodeConfig(unk_penalty=math.log(0.5)))[0][0]
+    assert halved.tokens == [UNK]
+    assert halved.log_prob == pytest.approx(math.log(0.2 * 0.5 * 0.45), abs=1e-5)
+    assert halved.score == pytest.approx(math.log(0.2 * 0.5 * 0.45) / lp2, abs=1e-5)
+    quartered = DecodeConfig(unk_penalty=math.log(0.25))  # 0.05 < 0.06
+    assert greedy_search(model, src_of(3), quartered)[0][0].tokens == [A]
+    # Banned: greedy takes A (then EOS 0.35); a beam of 2 also holds B, whose EOS is likelier.
+    banned = DecodeConfig(beam=2, nbest=2, unk_penalty=-math.inf, **UP_TO_12)
+    greedy = greedy_search(model, src_of(3), banned)[0][0]
+    assert greedy.tokens == [A]
+    assert greedy.log_prob == pytest.approx(math.log(0.06 * 0.35), abs=1e-5)
+    hyps = beam_search(model, src_of(3), banned)[0]
+    assert [h.tokens for h in hyps] == [[B], [A]]
+    assert [h.score for h in hyps] == pytest.approx(
+        [math.log(0.03 * 0.9) / lp2, math.log(0.06 * 0.35) / lp2], abs=1e-5
+    )
+
+
+@pytest.mark.parametrize(
+    "bad", [{"unk_penalty": 0.5}, {"unk_penalty": math.nan}, {"eos_rule": "x"}]
+)
+def test_bad_unk_penalty_or_eos_rule_is_refused(bad: dict) -> None:
+    with pytest.raises(ConfigError, match=f"decode.{next(iter(bad))}"):
+        decode_settings(None, **bad)
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        beam_search(long_or_short(), src_of(3), DecodeConfig(**bad))
+    assert (
+        decode_settings(None, unk_penalty=-math.inf, eos_rule="top_2beam").eos_rule == "top_2beam"
+    )
+
+
+def test_a_config_saved_before_unk_penalty_and_eos_rule_still_validates() -> None:
+    # A checkpoint stores its config as a plain dict; older ones lack the two keys.
+    saved = OmegaConf.to_container(compose(["model=tiny"]), resolve=True)
+    for key in ("unk_penalty", "eos_rule"):
+        del saved["decode"][key]
+    validate(OmegaConf.create(saved))
+    assert decode_settings(saved["decode"]) == DecodeConfig()
+
+
+def eos_third() -> TableModel:
+    """At step 1 EOS ranks 3rd: candidate rank K+1 for a beam of 2."""
+    return TableModel(
+        {
+            (): {A: 0.38, B: 0.3, EOS: 0.28},
+            (A,): {B: 0.5, EOS: 0.45},
+            (B,): {A: 0.5, EOS: 0.45},
+            (A, B): {EOS: 0.99},
+            (B, A): {EOS: 0.99},
+        },
+        default={C: 0.99},
+    )
+
+
+def test_the_top_2beam_rule_finishes_an_eos_ranked_beyond_the_beam() -> None:
+    def score(p: float, n: int) -> float:
+        return math.log(p) / length_penalty(n, 0.6)
+
+    settings = DecodeConfig(beam=2, nbest=2, **UP_TO_12)
+    # fairseq's rule (the default): the empty output (EOS at rank 3) never finishes.
+    hyps = beam_search(eos_third(), src_of(3), settings)[0]
+    assert [h.tokens for h in hyps] == [[A, B], [B, A]]
+    assert [h.score for h in hyps] == pytest.approx(
+        [score(0.38 * 0.5 * 0.99, 3), score(0.3 * 0.5 * 0.99, 3)], abs=1e-5
+    )
+    explicit = DecodeConfig(beam=2, nbest=2, eos_rule="top_beam", **UP_TO_12)
+    assert beam_search(eos_third(), src_of(3), explicit) == [hyps]
+    # tensor2tensor's rule finishes it at step 1, and it wins: log(0.28) / lp(1) = -1.27.
+    t2t = DecodeConfig(beam=2, nbest=2, eos_rule="top_2beam", **UP_TO_12)
+    hyps = beam_search(eos_third(), src_of(3), t2t)[0]
+    assert [h.tokens for h in hyps] == [[], [A, B]]
+    assert [h.score for h in hyps] == pytest.approx(
+        [score(0.28, 1), score(0.38 * 0.5 * 0.99, 3)], abs=1e-5
+    )
+    assert hyps[0].log_prob == pytest.approx(math.log(0.28), abs=1e-5)
+
+
+def test_under_top_2beam_an_early_eos_is_final_only_when_no_live_beam_can_beat_it() -> None:
+    # The empty output (EOS at rank 3) and 'A' finish at steps 1 and 2, filling the beam of 2,
+    # and 'A' (P 0.2) scores better than every live beam as it stands ('B B' 0.198, 'A C'
+    # 0.175), so fairseq's beam budget would stop with 'A' at step 2. But 'B' * 9 ends better
+    # under alpha 0.6 at step 10: the bound, with lp(max_len), keeps the search going.
+    table: dict[tuple[int, ...], dict[int, float]] = {
+        (): {A: 0.5, B: 0.2, EOS: 0.18},
+        (A,): {EOS: 0.4, C: 0.35, B: 0.2},
+    }
+    for n in range(1, 9):
+        table[(B,) * n] = {B: 0.99}
+    table[(B,) * 9] = {EOS: 0.99}
+    for eos_rule in ("top_2beam", "top_beam"):
+        model = TableModel(table, default={C: 0.99})
+        settings = DecodeConfig(beam=2, eos_rule=eos_rule, **UP_TO_12)
+        best = beam_search(model, src_of(3), settings)[0][0]
+        assert best.tokens == [B] * 9
+        expected = model.sequence_log_prob([B] * 9) / length_penalty(10, 0.6)
+        assert best.score == pytest.approx(expected, abs=1e-5)
+        assert model.steps >= 10
+
+
 # ---------------------------------------------------------------------------------------------
 # Real models (random weights): every encoding.
 
@@ -272,10 +405,30 @@ def test_beam_one_is_greedy(encoding: str) -> None:
 
 
 @pytest.mark.parametrize("encoding", ENCODINGS)
-def test_scores_equal_a_full_forward_rescoring(encoding: str) -> None:
+def test_random_models_never_output_pad_or_bos_nor_unk_when_banned(encoding: str) -> None:
+    # Random weights put much of their mass on the special ids (BOS, UNK) without masking.
+    model, src = tiny(encoding), random_sources(6)
+    for unk_penalty, banned in [(0.0, {PAD, BOS}), (-math.inf, {PAD, BOS, UNK})]:
+        for settings in [
+            DecodeConfig(beam=1, max_len_b=5, unk_penalty=unk_penalty),
+            DecodeConfig(beam=3, nbest=3, max_len_b=5, unk_penalty=unk_penalty),
+            DecodeConfig(
+                beam=3, nbest=3, max_len_b=5, unk_penalty=unk_penalty, eos_rule="top_2beam"
+            ),
+        ]:
+            search = greedy_search if settings.beam == 1 else beam_search
+            for hyps in search(model, src, settings):
+                assert hyps and all(not banned & set(h.tokens) for h in hyps)
+                assert all(math.isfinite(h.score) for h in hyps)
+
+
+@pytest.mark.parametrize("encoding", ENCODINGS)
+@pytest.mark.parametrize("eos_rule", ["top_beam", "top_2beam"])
+def test_scores_equal_a_full_forward_rescoring(encoding: str, eos_rule: str) -> None:
     model, src = tiny(encoding), random_sources(4)
     for alpha in (0.6, 0.0):
-        results = beam_search(model, src, DecodeConfig(beam=4, nbest=4, alpha=alpha, max_len_b=10))
+        settings = DecodeConfig(beam=4, nbest=4, alpha=alpha, max_len_b=10, eos_rule=eos_rule)
+        results = beam_search(model, src, settings)
         for s, hyps in zip(src, results, strict=True):
             assert len(hyps) == 4
             for h in hyps:
@@ -285,9 +438,10 @@ def test_scores_equal_a_full_forward_rescoring(encoding: str) -> None:
 
 
 @pytest.mark.parametrize("encoding", ENCODINGS)
-def test_a_sentence_alone_equals_it_inside_a_batch(encoding: str) -> None:
+@pytest.mark.parametrize("eos_rule", ["top_beam", "top_2beam"])
+def test_a_sentence_alone_equals_it_inside_a_batch(encoding: str, eos_rule: str) -> None:
     model, src = tiny(encoding), random_sources(6)
-    settings = DecodeConfig(beam=3, nbest=2, max_len_b=10)
+    settings = DecodeConfig(beam=3, nbest=2, max_len_b=10, eos_rule=eos_rule)
     batched = beam_search(model, src, settings)
     for i in range(len(src)):
         length = int(src[i].ne(0).sum())

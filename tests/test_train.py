@@ -15,9 +15,9 @@ import torch
 
 import nmt.train as train_module
 import nmt.trainer as trainer_module
-from nmt.checkpoint import CheckpointError, load_checkpoint
+from nmt.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from nmt.config import compose
-from nmt.errors import TrainingError
+from nmt.errors import ConfigError, TrainingError
 from nmt.objective import inverse_sqrt_lr
 from nmt.results import finished_results
 from nmt.train import train
@@ -112,15 +112,12 @@ def test_relaunching_a_finished_run_does_no_work_unless_a_setting_changed(
     assert len(built) == 1 and redecoded["decode"]["beam"] == 2 and redecoded["steps"] == 2
     longer = train(quick_cfg("train.max_steps=3", "decode.beam=2"), run)
     assert len(built) == 2 and longer["steps"] == 3
-    # train.resume=false always trains from scratch.
-    train(quick_cfg("train.max_steps=3", "decode.beam=2", "train.resume=false"), run)
-    assert len(built) == 3
     # A restart that is cut short sets the old results aside: the next launch trains.
     monkeypatch.setattr(
         real_trainer, "run", lambda self: (_ for _ in ()).throw(KeyboardInterrupt())
     )
     with pytest.raises(KeyboardInterrupt):
-        train(quick_cfg("train.max_steps=3", "decode.beam=2", "train.resume=false"), run)
+        train(quick_cfg("train.max_steps=3", "decode.beam=3"), run)
     assert not (run / "results.json").exists() and (run / "results.previous.json").exists()
     assert finished_results(quick_cfg("train.max_steps=3", "decode.beam=2"), run) is None
     # The corpus paths are in the settings as digests, never as paths.
@@ -151,8 +148,13 @@ def test_an_epoch_budget_trains_every_batch_once_and_saves_the_end(quick_cfg, tm
     assert [r["step"] for r in records if r["split"] == "valid"] == [len(batches)]
 
 
+@pytest.mark.parametrize(
+    "save_every,left",
+    [(1, "checkpoint_last.pt holds step 2."), (1000, "no checkpoint was saved yet in ")],
+    ids=["saved", "none-saved"],
+)
 def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(
-    quick_cfg, tmp_path, monkeypatch
+    quick_cfg, tmp_path, monkeypatch, save_every, left
 ) -> None:
     calls = {"n": 0}
     real = trainer_module.label_smoothed_loss
@@ -164,10 +166,14 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(
 
     monkeypatch.setattr(trainer_module, "label_smoothed_loss", poisoned)
     run = tmp_path / "run"
-    cfg = quick_cfg("train.max_steps=10", "train.save_every=1")
+    cfg = quick_cfg("train.max_steps=10", f"train.save_every={save_every}")
     lr3 = inverse_sqrt_lr(3, cfg.model.d_model, cfg.train.warmup_steps, cfg.train.lr_scale)
-    with pytest.raises(TrainingError, match=rf"at step 3 \(learning rate {lr3:.3g}\)"):
+    with pytest.raises(TrainingError, match=rf"at step 3 \(learning rate {lr3:.3g}\)") as err:
         train(cfg, run)
+    assert f"; {left}" in str(err.value).replace(f"{run}/", "")
+    if save_every > 1:
+        assert not list(run.glob("checkpoint*.pt"))
+        return
     state = load_checkpoint(run / "checkpoint_last.pt")
     assert state["step"] == 2
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
@@ -178,6 +184,129 @@ def test_unwritable_run_directory_fails_before_work(quick_cfg, tmp_path) -> None
     blocker.write_text("not a directory")
     with pytest.raises(TrainingError, match="cannot write to the run directory"):
         train(quick_cfg("train.max_steps=1"), blocker / "run")
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("train.save_every=0", "train.save_every=0 must be >= 1"),
+        ("seed=-1", "seed=-1 must be between 0 and 4294967295"),
+        ("seed=4294967296", "seed=4294967296 must be between 0 and 4294967295"),
+    ],
+)
+def test_bad_training_values_are_refused_before_work(
+    quick_cfg, tmp_path, override, message
+) -> None:
+    with pytest.raises(ConfigError) as err:
+        train(quick_cfg("train.max_steps=2", override), tmp_path / "run")
+    assert str(err.value) == message
+    assert not (tmp_path / "run").exists() and not (tmp_path / "cache").exists()
+
+
+@pytest.mark.parametrize("left", ["checkpoint_3.pt", "metrics.jsonl", "results.json"])
+def test_resume_false_refuses_a_directory_holding_another_run(
+    quick_cfg, tmp_path, monkeypatch, left
+) -> None:
+    """Training there would mix two runs (old checkpoints outrank the new ones in pruning,
+    checkpoint_best.pt and metrics.jsonl stay the old run's): refused before any work."""
+    monkeypatch.setattr(trainer_module, "prepare_data", lambda *a: pytest.fail("prepared"))
+    run = tmp_path / "run"
+    (run / ".hydra").mkdir(parents=True)
+    (run / left).write_text("{}")
+    with pytest.raises(ConfigError) as err:
+        train(quick_cfg("train.max_steps=2", "train.resume=false"), run)
+    assert str(err.value) == (
+        f"train.resume=false, but the run directory {run} holds another run ({left}); choose "
+        f"a new directory with hydra.run.dir=DIR, or remove {run} to train there from "
+        f"scratch, or continue that run with train.resume=true"
+    )
+    assert (run / left).read_text() == "{}"  # nothing of the old run touched, nothing added
+    assert {p.name for p in run.iterdir()} - {"failed.json"} == {".hydra", left}
+
+
+def test_resume_false_trains_in_a_directory_of_no_run(quick_cfg, tmp_path) -> None:
+    run = tmp_path / "run"
+    (run / ".hydra").mkdir(parents=True)  # what Hydra makes before the run starts
+    (run / "failed.json").write_text("{}")  # an attempt that failed before training
+    assert train(quick_cfg("train.max_steps=1", "train.resume=false"), run)["steps"] == 1
+
+
+def test_a_failing_validation_keeps_the_trained_weights(quick_cfg, tmp_path, monkeypatch):
+    """Saved first, validated after: an error in validation or decoding loses no training."""
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("validation failed")
+
+    monkeypatch.setattr(trainer_module, "validation_record", broken)
+    run = tmp_path / "run"
+    with pytest.raises(RuntimeError, match="validation failed"):
+        train(quick_cfg("train.max_steps=3"), run)
+    assert load_checkpoint(run / "checkpoint_last.pt")["step"] == 3
+
+
+def test_checkpoint_best_follows_the_validation_bleu(quick_cfg, tmp_path, monkeypatch):
+    bleus = iter([10.0, 30.0, 5.0, 20.0])
+
+    def fake(model, data, cfg, settings, runtime, step):
+        return {"split": "valid", "step": step, "bleu": next(bleus)}
+
+    monkeypatch.setattr(trainer_module, "validation_record", fake)
+    run = tmp_path / "run"
+    every = ["train.eval_every=2", "train.save_every=2", "train.keep_last=5"]
+    train(quick_cfg("train.max_steps=6", *every), run)
+    best = load_checkpoint(run / "checkpoint_best.pt")
+    assert best["step"] == 4 and best["progress"]["best_bleu"] == 30.0
+    # every checkpoint from step 4 on knows the best BLEU, so a resumed run compares with it
+    for name in ("checkpoint_4.pt", "checkpoint_6.pt"):
+        assert load_checkpoint(run / name)["progress"]["best_bleu"] == 30.0
+    assert load_checkpoint(run / "checkpoint_2.pt")["progress"]["best_bleu"] == 10.0
+    train(quick_cfg("train.max_steps=8", *every), run)  # 20 < 30: the best stays step 4
+    assert load_checkpoint(run / "checkpoint_best.pt")["step"] == 4
+
+
+def test_resume_drops_the_rows_a_killed_launch_logged_past_the_checkpoint(
+    quick_cfg, tmp_path, monkeypatch
+) -> None:
+    run = tmp_path / "run"
+    real_log = trainer_module.Trainer._log_train
+
+    def killed_at_step_6(self):
+        if self.progress.step == 6:  # killed while writing step 6's row
+            with open(run / "metrics.jsonl", "a") as f:
+                f.write('{"split": "train", "st')
+            raise KeyboardInterrupt
+        real_log(self)
+
+    monkeypatch.setattr(trainer_module.Trainer, "_log_train", killed_at_step_6)
+    cfg = quick_cfg("train.max_steps=8", "train.save_every=4")
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, run)
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["step"] for x in lines[:-1]] == [1, 2, 3, 4, 5]
+    assert load_checkpoint(run / "checkpoint_last.pt")["step"] == 4
+    monkeypatch.undo()
+    train(cfg, run)
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if r["split"] == "train"] == list(range(1, 9))
+
+
+def test_wall_seconds_count_every_launch(quick_cfg, tmp_path) -> None:
+    """wall_seconds, like train_seconds, covers all launches; a checkpoint saved before
+    wall_seconds was kept resumes with its training time as the earlier wall time."""
+    run = tmp_path / "run"
+    train(quick_cfg("train.max_steps=2"), run)
+    state = load_checkpoint(run / "checkpoint_last.pt")
+    state["progress"].pop("wall_seconds", None)  # a checkpoint of before
+    state["progress"]["train_seconds"] = 900.0
+    save_checkpoint(run / "checkpoint_last.pt", state)
+    first = train(quick_cfg("train.max_steps=3"), run)
+    assert first["train_seconds"] > 900.0 and first["wall_seconds"] > first["train_seconds"]
+    state = load_checkpoint(run / "checkpoint_last.pt")
+    assert state["progress"]["wall_seconds"] > 900.0
+    state["progress"]["wall_seconds"] = 5000.0
+    save_checkpoint(run / "checkpoint_last.pt", state)
+    second = train(quick_cfg("train.max_steps=4"), run)
+    assert second["wall_seconds"] > 5000.0 and second["train_seconds"] < 1000.0
 
 
 def test_resume_refuses_a_checkpoint_of_another_model(quick_cfg, tmp_path) -> None:

@@ -374,3 +374,142 @@ def test_gzipped_input_translates_like_plain_text(tmp_path, toy) -> None:
     for name in ("cut.gz", "bad.gz"):  # EOFError / zlib.error underneath
         with pytest.raises(TranslateError, match=f"{name} is not a complete gzip file"):
             textio.read_lines(str(tmp_path / name))
+
+
+# ---------------------------------------------------------------------------------------
+# bad input: one message naming the thing and the fix, exit status 2, nothing written
+
+
+def test_closed_standard_input_is_one_message_not_a_traceback(tmp_path, ckpt) -> None:
+    """`nmt-translate CKPT <&-`: Python sets sys.stdin to None when descriptor 0 is closed."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "nmt.translate", str(ckpt), *SHORT],
+        preexec_fn=lambda: os.close(0),  # what the shell's <&- does
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert "standard input is closed" in proc.stderr and "-i FILE" in proc.stderr
+    assert "pipe the text in" in proc.stderr and proc.stdout == ""
+
+
+def test_closed_output_or_a_reader_that_stops_early_gives_no_traceback(tmp_path, ckpt) -> None:
+    (tmp_path / "empty.txt").write_text("\n" * 300_000)  # more than a pipe holds; not decoded
+    cmd = [
+        sys.executable,
+        "-m",
+        "nmt.translate",
+        str(ckpt),
+        "-i",
+        str(tmp_path / "empty.txt"),
+        "--quiet",
+    ]
+    closed = subprocess.run(
+        cmd, preexec_fn=lambda: os.close(1), stderr=subprocess.PIPE, text=True, timeout=120
+    )  # `>&-`
+    assert closed.returncode == 2 and "Traceback" not in closed.stderr
+    assert "standard output is closed; write the translations with -o FILE" in closed.stderr
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()  # `| head -0`: the reader is gone before the output is written
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == 1 and err == ""
+
+
+def test_a_directory_given_as_checkpoint_names_the_files_in_it(monkeypatch, capsys, tmp_path, ckpt):
+    code, out, err = run_translate(monkeypatch, capsys, [str(ckpt.parent)], "ba ke\n")
+    assert code == 2 and out == "" and "Traceback" not in err
+    assert f"checkpoint {ckpt.parent} is a directory" in err and "does not exist" not in err
+    assert f"e.g. {ckpt} (it holds checkpoint_best.pt)" in err
+    (tmp_path / "empty").mkdir()
+    code, _, err = run_translate(monkeypatch, capsys, [str(tmp_path / "empty")], "ba ke\n")
+    assert code == 2 and "is a directory" in err and "(it holds no .pt files)" in err
+
+
+def test_nbest_gives_n_lines_for_an_empty_line_too(monkeypatch, capsys, toy, ckpt) -> None:
+    """Every input line has exactly N lines in --nbest N output, an empty one included."""
+    text = toy[0].splits["test"].src_text[0]
+    stdin = f"\n{text}\n   \n"
+    argv = [str(ckpt), "--beam", "3", "--nbest", "3", *SHORT]
+    code, out, err = run_translate(monkeypatch, capsys, argv, stdin)
+    assert code == 0, err
+    rows = [line.split(" ||| ") for line in out.splitlines()]
+    assert [int(r[0]) for r in rows] == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    assert [rows[i] for i in (0, 1, 2, 6, 7, 8)] == [["0", "", "0.0000"]] * 3 + [
+        ["2", "", "0.0000"]
+    ] * 3
+
+
+def test_an_input_directory_is_named_as_one(monkeypatch, capsys, tmp_path, ckpt) -> None:
+    out = tmp_path / "out.txt"
+    code, _, err = run_translate(
+        monkeypatch, capsys, [str(ckpt), "-i", str(tmp_path), "-o", str(out)]
+    )
+    assert code == 2 and "Traceback" not in err
+    assert f"input file {tmp_path} is a directory" in err and "does not exist" not in err
+    assert not out.exists()
+
+
+def test_an_output_path_that_cannot_be_written_is_refused_before_decoding(
+    monkeypatch, capsys, tmp_path, ckpt
+) -> None:
+    (tmp_path / "a_file").write_text("x\n")
+    cases = {
+        str(tmp_path): f"-o {tmp_path} is a directory; give a file path",
+        str(tmp_path / "a_file" / "sub" / "out.txt"): f"{tmp_path / 'a_file'} is a file",
+    }
+    for output, message in cases.items():
+        code, out, err = run_translate(monkeypatch, capsys, [str(ckpt), "-o", output], "ba\n")
+        assert code == 2 and out == "" and "Traceback" not in err, err
+        assert message in err and err.count("\n") == 1, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"], "nothing made or written"
+
+    def full_disk(path, lines) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(translate, "write_text_atomic", full_disk)
+    target = tmp_path / "out.txt"
+    code, _, err = run_translate(
+        monkeypatch, capsys, [str(ckpt), "-o", str(target), *SHORT], "ba\n"
+    )
+    assert code == 2 and "Traceback" not in err
+    assert f"-o {target} cannot be written (No space left on device)" in err
+
+
+def test_evaluate_warns_when_the_language_pair_is_not_the_checkpoints(
+    tmp_path, capsys, toy, ckpt
+) -> None:
+    """A src->tgt model scored on src->fr data: scored (it may be meant), but a warning says so."""
+    sources = toy[0].splits["test"].src_text[:3]
+    root = tmp_path / "corpus"
+    root.mkdir()
+    for split in ("train", "valid", "test"):
+        (root / f"{split}.src").write_text("\n".join(sources) + "\n", encoding="utf-8")
+        for lang in ("tgt", "fr"):
+            (root / f"{split}.{lang}").write_text("a b\n" * 3, encoding="utf-8")
+    local = ["data.source=local", f"data.root={root}"]
+    flags = ["--beam", "1", *SHORT, "--quiet"]
+    code = evaluate.main([str(ckpt), *local, "data.tgt=fr", *flags, "-o", str(tmp_path / "fr")])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    warning = [line for line in err.splitlines() if "warning" in line]
+    assert len(warning) == 1 and warning[0].startswith("nmt-evaluate: warning: ")
+    assert "trained on src->tgt but is evaluated on src->fr" in warning[0]
+    assert "pass data.src=src data.tgt=tgt" in warning[0]
+    assert (tmp_path / "fr" / "eval.json").exists()
+    # the checkpoint's own pair: no warning; overrides may also follow the flags
+    code = evaluate.main([str(ckpt), *flags, "-o", str(tmp_path / "tgt"), *local])
+    err = capsys.readouterr().err
+    assert code == 0 and "warning" not in err, err
+
+
+def test_evaluate_refuses_bad_output_and_sentence_counts(tmp_path, capsys, ckpt) -> None:
+    (tmp_path / "a_file").write_text("x\n")
+    code = evaluate.main([str(ckpt), "--quiet", *SHORT, "-o", str(tmp_path / "a_file")])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert f"-o {tmp_path / 'a_file'} is a file, not a directory" in err
+    code = evaluate.main([str(ckpt), "--max-sentences", "-1", "-o", str(tmp_path / "ev")])
+    assert code == 2 and "--max-sentences -1: give a number >= 1" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]

@@ -10,7 +10,8 @@ Cache layout under `data.cache_dir` (default ~/.cache/nmt, or $NMT_CACHE_DIR):
         {train,valid,test}.{src,tgt}.offsets.npy        N + 1 offsets into it
         {train,valid,test}.{src,tgt}.txt                the raw sentences kept, one per line
     locks/<key>.lock                                    filelock, one per entry
-    tmp/                                                entries being built (renamed when done)
+    tmp/                                                entries being built (renamed when done);
+                                                        a killed build's removed by the next run
 
 The vocab key hashes the training split and the SentencePiece settings; the data key, the
 vocab key, the other splits, the split names and the filters: changing `max_len` re-encodes
@@ -27,19 +28,17 @@ import logging
 import os
 import shutil
 import time
-import uuid
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from filelock import FileLock, Timeout
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from nmt.config import ConfigError, validate_data
+from nmt.data.cache_dirs import atomic_dir, locked, remove_entry, remove_stale
 from nmt.data.corpora import ROLES, Corpus, ParallelText, open_corpus
 from nmt.data.errors import DataError
 from nmt.data.store import EncodedSplit, RaggedIds, RaggedIdsWriter, write_text
@@ -110,7 +109,8 @@ def prepare_data(data_cfg: Any) -> PreparedData:
     entry = root / "data" / f"{stem}-{data_key[:20]}"
     vocab_dir = root / "vocab" / f"{stem}-{vocab_key[:20]}"
 
-    with _locked(root, entry.name):
+    remove_stale(root)
+    with locked(root, entry.name):
         if entry.is_dir():
             try:
                 data = load_prepared(entry, cache_hit=True)
@@ -119,10 +119,10 @@ def prepare_data(data_cfg: Any) -> PreparedData:
                 return data
             except (OSError, ValueError, KeyError) as exc:  # a damaged entry: rebuild it
                 log.warning("cache entry %s is unreadable (%s); rebuilding", entry, exc)
-                _remove(entry, root)
+                remove_entry(entry, root)
         log.info("cache miss, building %s", entry)
         start = time.perf_counter()
-        with _atomic_dir(entry, root) as tmp:
+        with atomic_dir(entry, root) as tmp:
             meta = _build(cfg, corpus, names, tmp, root, vocab_dir)
             meta.update(
                 format=FORMAT_VERSION,
@@ -177,6 +177,13 @@ def _build(
     """
     # Valid and test are small: read them first, so a bad file there fails before the long work.
     held = {role: corpus.read(names[role]) for role in ("valid", "test")}
+    for role, text in held.items():
+        if len(text) == 0:  # validation and the final scores would divide by zero sentences
+            raise DataError(
+                f"the {'validation' if role == 'valid' else 'test'} split {names[role]!r} "
+                f"(data.{role}_split) is empty{_files(corpus, names[role])}; add sentence "
+                f"pairs to it or set data.{role}_split to a split that has them"
+            )
     vocab = _vocabulary(cfg, corpus, names["train"], vocab_dir, root)
     shutil.copyfile(vocab.path, out / "spm.model")
 
@@ -221,6 +228,12 @@ def _build(
             "tgt_tokens": int(tgt_lengths.sum()),
         }
     return meta
+
+
+def _files(corpus: Corpus, split: str) -> str:
+    """': A and B have no lines' for a split of files (a local corpus), else ''."""
+    files = getattr(corpus, "files", {}).get(split)
+    return f": {' and '.join(map(str, files))} have no lines" if files else ""
 
 
 def _write_split(
@@ -279,7 +292,7 @@ def _vocabulary(
     second pass, only when there are more, collects the sample.
     """
     model = vocab_dir / "spm.model"
-    with _locked(root, vocab_dir.name):
+    with locked(root, vocab_dir.name):
         if model.is_file():
             log.info("reusing vocabulary %s", model)
             return Vocabulary.load(model)
@@ -307,7 +320,7 @@ def _vocabulary(
             spm_pairs = _gather(corpus.chunks(split, PREPARE_CHUNK_PAIRS), idx)
         sentences = spm_pairs.src + spm_pairs.tgt
         start = time.perf_counter()
-        with _atomic_dir(vocab_dir, root) as tmp:
+        with atomic_dir(vocab_dir, root) as tmp:
             train_vocabulary(
                 sentences,
                 tmp / "spm.model",
@@ -361,40 +374,3 @@ def _filter(
 
 def _hash(**items: Any) -> str:
     return hashlib.sha256(json.dumps(items, sort_keys=True, default=str).encode()).hexdigest()
-
-
-@contextmanager
-def _locked(root: Path, name: str) -> Iterator[None]:
-    """Hold the lock of one cache entry; say so when another process holds it."""
-    (root / "locks").mkdir(parents=True, exist_ok=True)
-    lock = FileLock(root / "locks" / f"{name}.lock")
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        log.info("another process is preparing %s; waiting for it", name)
-        lock.acquire()
-    try:
-        yield
-    finally:
-        lock.release()
-
-
-@contextmanager
-def _atomic_dir(final: Path, root: Path) -> Iterator[Path]:
-    """A fresh directory under root/tmp that becomes `final` by one rename, or vanishes on error."""
-    tmp = root / "tmp" / f"{final.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
-    tmp.mkdir(parents=True)
-    try:
-        yield tmp
-        final.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(tmp, final)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _remove(entry: Path, root: Path) -> None:
-    """Delete a cache entry: rename it away first so no reader sees it half-deleted."""
-    trash = root / "tmp" / f"{entry.name}.trash.{uuid.uuid4().hex[:8]}"
-    trash.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(entry, trash)
-    shutil.rmtree(trash, ignore_errors=True)

@@ -91,11 +91,14 @@ def architecture_options(enc: Any) -> tuple[str, ...]:
     return (*SIDE_KEYS, *(o for o in used_options(enc) if o not in evaluation))
 
 
-def check_encoding(enc: Any, model: Any) -> None:
-    """Raise one `ConfigError` naming the first bad encoding value (method checks included)."""
+def check_encoding(enc: Any, model: Any, data: Any | None = None) -> None:
+    """Raise one `ConfigError` naming the first bad encoding value (method checks included;
+    those against the data config when `data` is given)."""
     for m in methods_of(enc):
         if m.check is not None:
             m.check(enc, model)
+        if m.check_data is not None and data is not None:
+            m.check_data(enc, data)
 
 
 def position_limit(enc: Any) -> int | None:

@@ -93,8 +93,9 @@ class EncodingMethod:
     an iterable of one `AttentionPositions | None` per layer (the same object in every layer
     shares it). A generator builds each layer's module just before the layer's own weights,
     so weights are drawn from the random stream in layer order.
-    `check(enc, model)` raises `ConfigError` for bad values; `position_limit(enc)` is the
-    longest sequence it can embed (None: any).
+    `check(enc, model)` raises `ConfigError` for bad values, `check_data(enc, data)` for
+    values that do not fit the data config (lengths); `position_limit(enc)` is the longest
+    sequence it can embed (None: any).
     """
 
     name: str
@@ -103,6 +104,7 @@ class EncodingMethod:
     options: type | None = None
     evaluation_options: tuple[str, ...] = ()
     check: Callable[[Any, Any], None] | None = None
+    check_data: Callable[[Any, Any], None] | None = None
     position_limit: Callable[[Any], int | None] | None = None
     summary: str = ""  # one line for the encodings table of `nmt-report` and the README
 

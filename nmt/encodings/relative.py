@@ -126,6 +126,24 @@ def _check(enc: Any, model: Any) -> None:
         )
 
 
+# Training pairs hold at most data.max_len subwords plus EOS / BOS: offsets beyond that are
+# never trained, and a huge k only allocates (2k + 1) vectors per head and layer that
+# nothing reaches (k = 10^8 asks for tens of GB). Up to this many times the longest pair is
+# allowed, so Table 2's k = 256 stays legal on the toy task (pairs of at most 65 positions).
+MAX_K_PER_TRAINING_LENGTH = 4
+
+
+def _check_data(enc: Any, data: Any) -> None:
+    longest = data.max_len + 1
+    if enc.k > MAX_K_PER_TRAINING_LENGTH * longest:
+        raise ConfigError(
+            f"encoding.k={enc.k} is far beyond any offset training sees (data.max_len="
+            f"{data.max_len} subwords + EOS: {longest}); offsets past {longest} are never "
+            f"trained, so use encoding.k <= {longest} (larger k computes the same in training) "
+            f"or raise data.max_len; at most {MAX_K_PER_TRAINING_LENGTH * longest} is accepted"
+        )
+
+
 def _build(enc: Any, shape: AttentionShape) -> Iterator[RelativePositionBias]:
     keys, values = _terms(enc)
     for _ in range(shape.layers):  # lazily: each table is drawn just before its layer
@@ -139,6 +157,7 @@ register(
         _build,
         options=RelativeOptions,
         check=_check,
+        check_data=_check_data,
         summary="`a^K` on the logits, `a^V` on the output, clipped at `k`",
     )
 )
