@@ -59,7 +59,7 @@ def test_a_sweep_is_expanded_into_its_jobs() -> None:
 
 def test_an_experiment_sweep_counts_its_sweeper_params() -> None:
     jobs = job_overrides(["+experiment=encodings"])
-    assert len(jobs) == 6 * 2  # its encodings times its seeds
+    assert len(jobs) == 8 * 2  # its encodings times its seeds
     assert all("+experiment=encodings" in job for job in jobs)
 
 
