@@ -34,6 +34,7 @@ from nmt.train_log import MetricsLog, Window, log_train, non_finite_error, train
 from nmt.training_state import (
     CheckpointKeeper,
     Progress,
+    RunParts,
     check_writable,
     rank_rng_states,
     refuse_mixed_run,
@@ -322,36 +323,27 @@ class Trainer:
         rank_rng = rank_rng_states(self.rt.world_size)  # a collective: every rank takes part
         if self.rt.is_main:
             self.progress.wall_seconds = self._wall_before + time.perf_counter() - self.created
-            state = training_state(
-                cfg=self.cfg,
-                vocab=self.vocab,
-                model=self.model,
-                optimizer=self.optimizer,
-                scheduler=self.scheduler,
-                scaler=self.scaler,
-                progress=self.progress,
-                rank_rng=rank_rng,
-            )
+            state = training_state(self._parts(), rank_rng)
             self.keeper.save(state, self.progress.step, best=best)
             return state
         return None
+
+    def _parts(self) -> RunParts:
+        return RunParts(
+            self.cfg,
+            self.vocab,
+            self.model,
+            self.optimizer,
+            self.scheduler,
+            self.scaler,
+            self.progress,
+        )
 
     def _maybe_resume(self) -> None:
         last = self.run_dir / "checkpoint_last.pt"
         if not (self.cfg.train.resume and last.exists()):
             return
-        resume(
-            last,
-            cfg=self.cfg,
-            vocab=self.vocab,
-            model=self.model,
-            optimizer=self.optimizer,
-            scheduler=self.scheduler,
-            scaler=self.scaler,
-            progress=self.progress,
-            rank=self.rt.rank,
-            world_size=self.rt.world_size,
-        )
+        resume(last, self._parts(), self.rt.rank, self.rt.world_size)
         self.resumed_from = last.name
         self.keeper.last_step = self.progress.step
 

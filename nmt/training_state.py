@@ -87,49 +87,41 @@ def rank_rng_states(world_size: int) -> list[dict[str, Any]]:
     return states
 
 
-def training_state(
-    *,
-    cfg: Any,
-    vocab: Any,
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: Any,
-    scaler: torch.amp.GradScaler,
-    progress: Progress,
-    rank_rng: list[dict[str, Any]],
-) -> dict[str, Any]:
+@dataclass
+class RunParts:
+    """What a training checkpoint saves and a resume restores."""
+
+    cfg: Any
+    vocab: Any
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: torch.amp.GradScaler
+    progress: Progress
+
+
+def training_state(parts: RunParts, rank_rng: list[dict[str, Any]]) -> dict[str, Any]:
     """The checkpoint of a training run: the weights, what decoding needs (config and
     vocabulary), and what an exact resume needs."""
     return {
-        "model": model.state_dict(),
-        "config": to_container(cfg),
-        "vocab_model": vocab.model_bytes,
-        "vocab_fingerprint": vocab.fingerprint,
-        "step": progress.step,
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "scaler": scaler.state_dict(),
+        "model": parts.model.state_dict(),
+        "config": to_container(parts.cfg),
+        "vocab_model": parts.vocab.model_bytes,
+        "vocab_fingerprint": parts.vocab.fingerprint,
+        "step": parts.progress.step,
+        "optimizer": parts.optimizer.state_dict(),
+        "scheduler": parts.scheduler.state_dict(),
+        "scaler": parts.scaler.state_dict(),
         "rng": rank_rng[0],
         "rng_per_rank": rank_rng,
-        "progress": asdict(progress),
+        "progress": asdict(parts.progress),
     }
 
 
-def resume(
-    path: Path,
-    *,
-    cfg: Any,
-    vocab: Any,
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: Any,
-    scaler: torch.amp.GradScaler,
-    progress: Progress,
-    rank: int,
-    world_size: int,
-) -> None:
+def resume(path: Path, parts: RunParts, rank: int, world_size: int) -> None:
     """Load the training state at `path` into the run's parts; `CheckpointError` if it is
     another model or vocabulary than `cfg` trains."""
+    cfg, vocab, progress = parts.cfg, parts.vocab, parts.progress
     state = load_checkpoint(path, map_location="cpu")
     diffs = architecture_differences(state["config"], to_container(cfg))
     if diffs:
@@ -147,10 +139,10 @@ def resume(
             f"{vocab.fingerprint[:12]}); use another run directory or the checkpoint's data "
             f"settings"
         )
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    scaler.load_state_dict(state["scaler"])
+    parts.model.load_state_dict(state["model"])
+    parts.optimizer.load_state_dict(state["optimizer"])
+    parts.scheduler.load_state_dict(state["scheduler"])
+    parts.scaler.load_state_dict(state["scaler"])
     per_rank = state.get("rng_per_rank") or [state["rng"]]
     # Another world size cannot continue each rank's stream: every rank takes rank 0's.
     set_rng_state(per_rank[rank] if len(per_rank) == world_size else state["rng"])
