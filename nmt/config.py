@@ -306,6 +306,12 @@ def _validate_decode(decode: Any) -> None:
         raise ConfigError(f"decode.alpha={decode.alpha} must be >= 0 (0: no length penalty)")
     if decode.max_tokens < 1:
         raise ConfigError(f"decode.max_tokens={decode.max_tokens} must be >= 1")
+    # max_len = a * src_len + b: a negative term silently empties every output.
+    if not (0 <= decode.max_len_a < float("inf") and decode.max_len_b >= 0):
+        raise ConfigError(
+            f"decode.max_len_a={decode.max_len_a} and decode.max_len_b={decode.max_len_b} "
+            f"must be >= 0 (max output length = a * source length + b)"
+        )
     if not 1 <= decode.nbest <= decode.beam:
         raise ConfigError(f"decode.nbest={decode.nbest} must be between 1 and decode.beam")
     # Configs saved in older checkpoints lack these two keys: the defaults apply.

@@ -31,6 +31,7 @@ def run_train(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
         (["encoding.k=-1"], "encoding.k=-1 is negative"),
         (["encoding.k=100000000"], "encoding.k=100000000 is far beyond any offset"),
         (["decode.beam=0"], "decode.beam=0 must be >= 1"),
+        (["decode.max_len_b=-5"], "decode.max_len_b=-5 must be >= 0"),
         (["train.max_tokens=0"], "train.max_tokens=0 must be >= 1"),
         (["encoding.keys=false", "encoding.values=false"], "leave the relative encoding with"),
         (["encoding.name=../../x"], "encoding.name='../../x' is unknown"),
