@@ -51,6 +51,7 @@ def markdown(rows: list[dict[str, Any]], keys: list[str], runs: list[Run]) -> st
         "| "
         + " | ".join(
             [
+                "data",
                 *head,
                 "valid BLEU",
                 "test BLEU",
@@ -62,10 +63,10 @@ def markdown(rows: list[dict[str, Any]], keys: list[str], runs: list[Run]) -> st
             ]
         )
         + " |",
-        "|" + "---|" * len(head) + "---:|---:|---:|---:|---:|---:|---|",
+        "|---|" + "---|" * len(head) + "---:|---:|---:|---:|---:|---:|---|",
     ]
     for row in rows:
-        cells = [_cell(row.get(k)) for k in keys] + [
+        cells = [row["data"], *(_cell(row.get(k)) for k in keys)] + [
             _fmt(row["valid_bleu"], row["valid_bleu_std"]),
             _fmt(row["test_bleu"], row["test_bleu_std"]),
             _fmt(row["test_chrf"], row["test_chrf_std"]),
@@ -112,18 +113,22 @@ def _length_table(rows: list[dict[str, Any]], keys: list[str], head: list[str]) 
         "",
         "Test BLEU by source length (subwords):",
         "",
-        "| " + " | ".join([*head, *buckets]) + " |",
-        "|" + "---|" * len(head) + "---:|" * len(buckets),
+        "| " + " | ".join(["data", *head, *buckets]) + " |",
+        "|---|" + "---|" * len(head) + "---:|" * len(buckets),
     ]
     for row in rows:
         bleu = {b["bucket"]: b["bleu"] for b in row["by_length"]}
-        cells = [*(_cell(row.get(k)) for k in keys), *(_fmt(bleu.get(b), None, 1) for b in buckets)]
+        cells = [
+            row["data"],
+            *(_cell(row.get(k)) for k in keys),
+            *(_fmt(bleu.get(b), None, 1) for b in buckets),
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
 
 def write_csv(rows: list[dict[str, Any]], keys: list[str], path: Path) -> None:
-    columns = [*keys, "runs", "seeds"]
+    columns = ["data", *keys, "runs", "seeds"]
     for name in MEASURES:
         columns += [name, f"{name}_std"]
     with open(path, "w", newline="") as f:

@@ -108,6 +108,11 @@ def finished_results(cfg: Any, run_dir: Path) -> dict[str, Any] | None:
     return results
 
 
+def language_pair(src: str, tgt: str) -> str:
+    """The run's translation direction as results.json and nmt-report write it: "en-de"."""
+    return f"{src}-{tgt}"
+
+
 def encoding_fields(encoding_cfg: Any) -> dict[str, Any]:
     """The encoding's fields of the record: its two methods and the options they read
     (a relative run's k, keys, values, share_heads; a T5 run's t5_* options)."""
@@ -143,6 +148,8 @@ def results_record(
         "encoding": cfg.encoding.name,
         **encoding_fields(cfg.encoding),
         "data": cfg.data.name,
+        # data.name alone does not tell Multi30k EN-DE from EN-FR
+        "language_pair": language_pair(cfg.data.src, cfg.data.tgt),
         "seed": cfg.seed,
         "parameters": parameters,
         "steps": steps,

@@ -20,7 +20,7 @@ from nmt.config import flatten
 from nmt.encodings import SIDE_KEYS, all_methods, used_options
 from nmt.errors import ConfigError
 from nmt.presets import complete_encoding
-from nmt.results import MEASURES, RUNTIME_KEYS, measures
+from nmt.results import MEASURES, RUNTIME_KEYS, language_pair, measures
 
 # Config keys that never define a row: how the run was executed, where the cache and the
 # local corpus live (the same corpus on two machines is one row; data.hub_name, the name of
@@ -47,6 +47,7 @@ def _run_config(run_dir: Path, results: dict[str, Any] | None) -> dict[str, Any]
             "model.name": results.get("model"),
             "encoding.name": results.get("encoding"),
             "data.name": results.get("data"),
+            **_pair_keys(results.get("language_pair")),
             "seed": results.get("seed"),
             "experiment": results.get("experiment"),
         }
@@ -58,6 +59,22 @@ def _run_config(run_dir: Path, results: dict[str, Any] | None) -> dict[str, Any]
                 config[f"encoding.{key[len('encoding_') :]}"] = value
         return config
     return {}
+
+
+def _pair_keys(pair: str | None) -> dict[str, str]:
+    """data.src and data.tgt from results.json's "en-de" (records before it have none)."""
+    if not pair or "-" not in pair:
+        return {}
+    src, tgt = pair.split("-", 1)
+    return {"data.src": src, "data.tgt": tgt}
+
+
+def corpus(config: dict[str, Any]) -> str:
+    """What a run was trained on, as the report's data column shows it: "multi30k en-de"."""
+    name = config.get("data.name") or "?"
+    if config.get("data.src") is None or config.get("data.tgt") is None:
+        return name
+    return f"{name} {language_pair(config['data.src'], config['data.tgt'])}"
 
 
 def _without_unused_encoding_options(config: dict[str, Any]) -> dict[str, Any]:
@@ -184,6 +201,7 @@ def summarize(runs: list[Run], keys: list[str]) -> list[dict[str, Any]]:
         seeds = (r.config.get("seed") for r in members)
         row["seeds"] = sorted(seed for seed in seeds if seed is not None)
         row["runs"] = len(members)
+        row["data"] = ", ".join(sorted({corpus(r.config) for r in members}))
         row["by_length"] = _by_length(members)
         rows.append(row)
     return rows

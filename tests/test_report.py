@@ -24,13 +24,15 @@ def fake_run(
     failed: bool = False,
     train: dict | None = None,
     encoding: str = "relative",
+    data: str = "toy",
+    pair: tuple[str, str] = ("src", "tgt"),
 ):
     run = root / name
     (run / ".hydra").mkdir(parents=True)
     config = {
         "model": {"name": "tiny", "d_model": 64},
         "encoding": {"name": encoding, "k": k, "keys": True, "values": True},
-        "data": {"name": "toy", "cache_dir": f"/somewhere/{name}"},
+        "data": {"name": data, "src": pair[0], "tgt": pair[1], "cache_dir": f"/somewhere/{name}"},
         "seed": seed,
         **({"train": train} if train else {}),
     }
@@ -72,12 +74,14 @@ def test_report_rows_are_the_swept_values_averaged_over_seeds(tmp_path) -> None:
     assert rows[2]["seeds"] == [1, 2]
     text = (tmp_path / "report" / "report.md").read_text()
     assert "6 of 8 runs finished" in text
+    assert "| toy src-tgt | 16 | 31.50 ± 2.83 | 31.00 ± 2.83 |" in text  # rows name the corpus
     assert "| 9_k=64 | unfinished | 64 | last logged step 40 |" in text
     assert "| 10_k=256 | failed | 256 | TrainingError: the loss became nan |" in text
     assert "31.00 ± 2.83" in text
-    assert "| k | 1-10 | 11-20 |" in text and "| 16 | 32.0 | 30.0 |" in text  # BLEU by length
+    assert "| data | k | 1-10 | 11-20 |" in text  # BLEU by length
+    assert "| 16 | 32.0 | 30.0 |" in text
     csv_lines = (tmp_path / "report" / "report.csv").read_text().splitlines()
-    assert len(csv_lines) == 4 and csv_lines[0].startswith("encoding.k,runs,seeds")
+    assert len(csv_lines) == 4 and csv_lines[0].startswith("data,encoding.k,runs,seeds")
     assert (tmp_path / "report" / "bleu_vs_k.png").stat().st_size > 1000
     assert (tmp_path / "report" / "bleu_by_length.png").stat().st_size > 1000
 
@@ -105,6 +109,26 @@ def test_options_an_encoding_does_not_use_define_no_row(tmp_path) -> None:
         ("relative", 4),
     ]
     assert "| — | absolute |" in (tmp_path / "r" / "report.md").read_text()
+
+
+def test_every_row_names_its_language_pair(tmp_path) -> None:
+    """Multi30k EN-DE and EN-FR share data.name: the pair tells their rows apart, also for
+    a run known only by its results.json."""
+    fake_run(tmp_path, "de1", 16, 1, 39.0, data="multi30k", pair=("en", "de"))
+    fake_run(tmp_path, "de2", 16, 2, 40.0, data="multi30k", pair=("en", "de"))
+    fake_run(tmp_path, "fr1", 16, 1, 55.0, data="multi30k", pair=("en", "fr"))
+    bare = tmp_path / "fr2"
+    bare.mkdir()
+    record = {"data": "multi30k", "language_pair": "en-fr", "encoding": "relative", "k": 16}
+    record |= {"seed": 2, "test": {"bleu": 57.0}, "model": "tiny"}
+    (bare / "results.json").write_text(json.dumps(record))
+    out = report([tmp_path], tmp_path / "r")
+    assert "data.tgt" in out["keys"]
+    rows = {row["data"]: row for row in out["rows"]}
+    assert sorted(rows) == ["multi30k en-de", "multi30k en-fr"]
+    assert rows["multi30k en-fr"]["seeds"] == [1, 2]
+    assert rows["multi30k en-fr"]["test_bleu"] == pytest.approx(56.0)
+    assert "| multi30k en-fr |" in (tmp_path / "r" / "report.md").read_text()
 
 
 def test_measures_missing_from_a_results_record_are_none() -> None:

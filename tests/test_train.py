@@ -72,6 +72,7 @@ def test_results_file_has_what_a_report_needs(quick_cfg, tmp_path) -> None:
     results = train(quick_cfg("train.max_steps=2"), tmp_path / "run")
     on_disk = json.loads((tmp_path / "run" / "results.json").read_text())
     assert on_disk["steps"] == 2 and on_disk["encoding"] == "relative" and on_disk["k"] == 16
+    assert on_disk["data"] == "toy" and on_disk["language_pair"] == "src-tgt"
     for split in ("valid", "test"):
         signature = on_disk[split]["bleu_signature"]
         assert "nrefs:1" in signature or "BLEU" in signature
