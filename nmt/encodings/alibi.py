@@ -22,7 +22,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from nmt.encodings.base import AttentionPositions, AttentionShape, EncodingMethod, register
+from nmt.encodings.base import (
+    AttentionPositions,
+    AttentionShape,
+    EncodingMethod,
+    ShapeCache,
+    register,
+)
 
 # Elements of the bias tensors a module keeps (64 MiB in float32): enough for every layer and
 # beam step of ordinary sentences, while a very long input does not stay in memory.
@@ -54,28 +60,17 @@ class ALiBiBias(AttentionPositions):
         super().__init__()
         self.heads, self.causal = heads, causal
         self.slopes = alibi_slopes(heads)
-        # Keyed with the inference-mode flag: a tensor made under torch.inference_mode()
-        # cannot take part in a later pass that autograd records.
-        self._bias_cache: dict[tuple[Any, ...], Tensor] = {}
-        self._cached_elements = 0
+        self._biases = ShapeCache(_CACHE_ELEMENTS)
 
     def extra_repr(self) -> str:
         return f"heads={self.heads}, causal={self.causal}"
 
     def score_bias(self, q: Tensor, q_start: int, k_len: int) -> Tensor:
         q_len = q.size(2)
-        key = (q_start, q_len, k_len, q.device, q.dtype, torch.is_inference_mode_enabled())
-        bias = self._bias_cache.get(key)
-        if bias is None:
-            bias = self._build_bias(q_start, q_len, k_len, q.device, q.dtype)
-            if bias.numel() > _CACHE_ELEMENTS:
-                return bias  # one very long input: built per layer, freed after it
-            if self._cached_elements + bias.numel() > _CACHE_ELEMENTS:
-                self._bias_cache.clear()  # decoding meets one (q_start, k_len) per step
-                self._cached_elements = 0
-            self._bias_cache[key] = bias
-            self._cached_elements += bias.numel()
-        return bias
+        return self._biases.get(
+            (q_start, q_len, k_len, q.device, q.dtype),
+            lambda: self._build_bias(q_start, q_len, k_len, q.device, q.dtype),
+        )
 
     def _build_bias(
         self, q_start: int, q_len: int, k_len: int, device: torch.device, dtype: torch.dtype

@@ -14,10 +14,11 @@ the config schema can be derived from the registered methods without an import c
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import MISSING, dataclass, fields
 from typing import Any, Literal
 
+import torch
 from torch import Tensor, nn
 
 from nmt.errors import ConfigError
@@ -70,6 +71,40 @@ class AttentionPositions(nn.Module):
     def value_term(self, weights: Tensor, q_start: int) -> Tensor:
         """Term added to the attention output `(B, H, Nq, d)` from weights `(B, H, Nq, Nk)`."""
         raise NotImplementedError
+
+
+class ShapeCache:
+    """Tensors that depend only on sequence lengths (a bias, a bucket index), kept for reuse
+    up to `max_elements` in all: the layers of a stack and later batches of the same shape
+    share them, while decoding (one new shape per step) and very long inputs do not pile up.
+
+    Keys carry the inference-mode flag: a tensor made under torch.inference_mode() cannot
+    take part in a pass autograd records. Under torch.compile nothing is cached: the
+    lengths are symbolic there, and the compiled graph builds the tensor itself.
+    """
+
+    def __init__(self, max_elements: int) -> None:
+        self.max_elements = max_elements
+        self._tensors: dict[Hashable, Tensor] = {}
+        self._elements = 0
+
+    def get(self, key: tuple[Hashable, ...], make: Callable[[], Tensor]) -> Tensor:
+        """The tensor cached under `key`, or `make()`'s, cached when it fits."""
+        if torch.compiler.is_compiling():
+            return make()
+        key = (*key, torch.is_inference_mode_enabled())
+        tensor = self._tensors.get(key)
+        if tensor is not None:
+            return tensor
+        tensor = make()
+        if tensor.numel() > self.max_elements:
+            return tensor  # one very long input: built per layer, freed after it
+        if self._elements + tensor.numel() > self.max_elements:
+            self._tensors.clear()
+            self._elements = 0
+        self._tensors[key] = tensor
+        self._elements += tensor.numel()
+        return tensor
 
 
 @dataclass(frozen=True)

@@ -15,8 +15,18 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from nmt.encodings.base import AttentionPositions, AttentionShape, EncodingMethod, register
+from nmt.encodings.base import (
+    AttentionPositions,
+    AttentionShape,
+    EncodingMethod,
+    ShapeCache,
+    register,
+)
 from nmt.errors import ConfigError
+
+# Elements of the bucket indices a module keeps (32 MiB of int64): every layer and beam step
+# of ordinary sentences, while a very long input does not stay in memory.
+_CACHE_ELEMENTS = 1 << 22
 
 
 @dataclass
@@ -54,9 +64,7 @@ class RelativePositionBias(AttentionPositions):
         for table in (self.edge_keys, self.edge_values):
             if table is not None:
                 nn.init.normal_(table, std=d_head**-0.5)
-        # Keyed with the inference-mode flag: a tensor made under torch.inference_mode()
-        # cannot be saved for a later backward pass.
-        self._index_cache: dict[tuple[Any, ...], tuple[Tensor, int, int]] = {}
+        self._indices = ShapeCache(_CACHE_ELEMENTS)
 
     def bucket_index(self, q_start: int, q_len: int, k_len: int, device: torch.device) -> Tensor:
         """r(i, j) = clip(j - i, -k, k) + k for queries q_start.. and keys 0..; `(Nq, Nk)` long."""
@@ -68,19 +76,21 @@ class RelativePositionBias(AttentionPositions):
     ) -> tuple[Tensor, int, int]:
         """(r - lo, lo, hi): the buckets lo..hi these queries and keys can reach, and the index
         into that window. With k far above the sentence length (Table 2's k = 64, 256) most of
-        the 2k+1 buckets are unreachable; the terms below only touch the reachable ones."""
-        key = (q_start, q_len, k_len, device, torch.is_inference_mode_enabled())
-        cached = self._index_cache.get(key)
-        if cached is None:
+        the 2k+1 buckets are unreachable; the terms below only touch the reachable ones.
+        Under torch.compile the lengths are symbolic: the window is the whole table, so
+        the graph holds no length-dependent slice (Inductor fails on those bounds)."""
+        if torch.compiler.is_compiling():
+            lo, hi = 0, 2 * self.k
+        else:
             lo = max(-self.k, -(q_start + q_len - 1)) + self.k  # most negative offset j - i
             hi = max(min(self.k, k_len - 1 - q_start), -self.k) + self.k  # most positive
+
+        def make() -> Tensor:
             i = torch.arange(q_start, q_start + q_len, device=device).unsqueeze(1)
             j = torch.arange(k_len, device=device).unsqueeze(0)
-            index = (j - i).clamp(-self.k, self.k) + (self.k - lo)
-            if len(self._index_cache) > 64:  # decoding visits many (q_start, k_len) pairs
-                self._index_cache.clear()
-            cached = self._index_cache[key] = (index, lo, hi)
-        return cached
+            return (j - i).clamp(-self.k, self.k) + (self.k - lo)  # (Nq, Nk)
+
+        return self._indices.get((q_start, q_len, k_len, device, lo), make), lo, hi
 
     def score_bias(self, q: Tensor, q_start: int, k_len: int) -> Tensor | None:
         if self.edge_keys is None:

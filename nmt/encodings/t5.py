@@ -26,7 +26,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from nmt.encodings.base import AttentionPositions, AttentionShape, EncodingMethod, register
+from nmt.encodings.base import (
+    AttentionPositions,
+    AttentionShape,
+    EncodingMethod,
+    ShapeCache,
+    register,
+)
 from nmt.errors import ConfigError
 
 # Elements of the bucket indices a module keeps (32 MiB of int64): enough for every layer and
@@ -80,10 +86,7 @@ class T5RelativeBias(AttentionPositions):
         # Normal with std d_model^-0.5, as the Hugging Face T5 port initialises it: small next
         # to the content logits at the start, different per head and bucket.
         nn.init.normal_(self.relative_attention_bias.weight, std=std)
-        # Keyed with the inference-mode flag: a tensor made under torch.inference_mode()
-        # cannot take part in a later pass that autograd records.
-        self._bucket_cache: dict[tuple[Any, ...], Tensor] = {}
-        self._cached_elements = 0
+        self._indices = ShapeCache(_CACHE_ELEMENTS)
 
     def extra_repr(self) -> str:
         return (
@@ -93,22 +96,15 @@ class T5RelativeBias(AttentionPositions):
 
     def bucket_index(self, q_start: int, q_len: int, k_len: int, device: torch.device) -> Tensor:
         """bucket(j - i) for queries q_start.. and keys 0..; `(Nq, Nk)` long."""
-        key = (q_start, q_len, k_len, device, torch.is_inference_mode_enabled())
-        index = self._bucket_cache.get(key)
-        if index is None:
+
+        def make() -> Tensor:
             i = torch.arange(q_start, q_start + q_len, device=device).unsqueeze(1)
             j = torch.arange(k_len, device=device).unsqueeze(0)
-            index = relative_position_bucket(
+            return relative_position_bucket(
                 j - i, self.bidirectional, self.num_buckets, self.max_distance
             )  # (Nq, Nk)
-            if index.numel() > _CACHE_ELEMENTS:
-                return index  # one very long input: built per layer, freed after it
-            if self._cached_elements + index.numel() > _CACHE_ELEMENTS:
-                self._bucket_cache.clear()  # decoding meets one (q_start, k_len) per step
-                self._cached_elements = 0
-            self._bucket_cache[key] = index
-            self._cached_elements += index.numel()
-        return index
+
+        return self._indices.get((q_start, q_len, k_len, device), make)
 
     def score_bias(self, q: Tensor, q_start: int, k_len: int) -> Tensor:
         q_len = q.size(2)
