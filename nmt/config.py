@@ -120,6 +120,9 @@ class TrainConfig:
     # unmaps such blocks on free, and the next step page-faults them in again, 4 KiB at a
     # time (README, "Training"). 0: glibc's defaults. At most 2047.
     malloc_keep_mib: int = 2047
+    # Target positions whose logits the loss computes at a time (with their gradient, in
+    # the forward pass): the (B*T, V) logits never exist whole. 0: materialise them.
+    loss_chunk_tokens: int = 1024
     log_every: int = 50
     eval_every: int = 1000
     eval_max_sentences: int = 0  # 0: the whole validation set
@@ -294,6 +297,11 @@ def _validate_train(train: Any) -> None:
         raise ConfigError(
             f"train.malloc_keep_mib={train.malloc_keep_mib} must be between 0 (glibc's defaults) "
             f"and {MALLOC_KEEP_MAX_MIB} (mallopt takes a C int of bytes)"
+        )
+    if train.loss_chunk_tokens < 0:
+        raise ConfigError(
+            f"train.loss_chunk_tokens={train.loss_chunk_tokens} must be >= 0 "
+            f"(0: the whole (B*T, V) logits at once)"
         )
     if not 0.0 <= train.label_smoothing < 1.0:
         raise ConfigError(f"train.label_smoothing={train.label_smoothing} must be in [0, 1)")

@@ -160,13 +160,15 @@ class Transformer(nn.Module):
             x = positions(x, offset)
         return F.dropout(x, self.dropout, self.training)
 
+    @property
+    def output_weight(self) -> Tensor:
+        """The output projection `(V, D)`: the embedding table when the two are tied."""
+        if self.output_projection is None:
+            return self.embedding.weight
+        return self.output_projection.weight
+
     def _logits(self, h: Tensor) -> Tensor:
-        weight = (
-            self.embedding.weight
-            if self.output_projection is None
-            else self.output_projection.weight
-        )
-        return h @ weight.t()
+        return h @ self.output_weight.t()
 
     def encode(self, src: Tensor) -> tuple[Tensor, Tensor]:
         """src `(B, S)` ids -> memory `(B, S, D)` and its padding mask `(B, S)` (True = pad)."""
@@ -176,17 +178,23 @@ class Transformer(nn.Module):
             x = layer(x, pad_mask)
         return self.encoder_norm(x), pad_mask
 
-    def decode(self, tgt_in: Tensor, memory: Tensor, memory_pad_mask: Tensor) -> Tensor:
-        """Teacher-forced decoder: tgt_in `(B, T)` -> logits `(B, T, V)`."""
+    def decode(
+        self, tgt_in: Tensor, memory: Tensor, memory_pad_mask: Tensor, project: bool = True
+    ) -> Tensor:
+        """Teacher-forced decoder: tgt_in `(B, T)` -> logits `(B, T, V)`, or with
+        `project=False` the final states `(B, T, D)` the logits are projected from."""
         x = self._embed(tgt_in, self.tgt_positions)
         for layer in self.decoder_layers:
             x = layer(x, memory, memory_pad_mask)
-        return self._logits(self.decoder_norm(x))
+        states = self.decoder_norm(x)
+        return self._logits(states) if project else states
 
-    def forward(self, src: Tensor, tgt_in: Tensor) -> Tensor:
-        """Logits `(B, T, V)` for the next token at every target position."""
+    def forward(self, src: Tensor, tgt_in: Tensor, project: bool = True) -> Tensor:
+        """Logits `(B, T, V)` for the next token at every target position; `project=False`:
+        the decoder's final states `(B, T, D)`, for a loss that projects them itself
+        (`objective.projected_label_smoothed_loss`)."""
         memory, pad_mask = self.encode(src)
-        return self.decode(tgt_in, memory, pad_mask)
+        return self.decode(tgt_in, memory, pad_mask, project)
 
     def start_decoding(self, memory: Tensor, memory_pad_mask: Tensor) -> DecoderCache:
         """An empty cache for incremental decoding over an encoded batch."""

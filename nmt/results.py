@@ -27,6 +27,7 @@ RUNTIME_KEYS = (
     "train.device",
     "train.threads",
     "train.malloc_keep_mib",
+    "train.loss_chunk_tokens",
     "train.tensorboard",
     "train.resume",
     "train.log_every",
@@ -52,6 +53,7 @@ MEASURES: dict[str, tuple[str, ...]] = {
     "tokens_per_s": ("train_tokens_per_s",),
     "parameters": ("parameters",),
     "train_seconds": ("train_seconds",),
+    "peak_rss_mib": ("peak_rss_mib",),
 }
 
 
@@ -133,6 +135,7 @@ def results_record(
     best_valid_bleu: float,
     parameters: int,
     wall_seconds: float,
+    peak_rss_mib: float | None,
     device: str,
     precision: str,
     world_size: int,
@@ -159,6 +162,8 @@ def results_record(
         "train_tokens_per_s": train_tokens / max(train_seconds, 1e-9),
         # the training process, start to results: data, validation, checkpoints, final decode
         "wall_seconds": wall_seconds,
+        # this launch's peak resident memory (a resumed run's earlier launches not included)
+        "peak_rss_mib": peak_rss_mib,
         "device": device,
         "precision": precision,
         "world_size": world_size,

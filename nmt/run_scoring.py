@@ -53,6 +53,7 @@ def validation_record(
         data.splits["valid"],
         max_tokens=t.max_tokens,
         label_smoothing=t.label_smoothing,
+        chunk_tokens=t.loss_chunk_tokens,
         runtime=runtime,
     )
     scores = decode_split(

@@ -108,6 +108,18 @@ def synchronize(device: torch.device) -> None:
         torch.mps.synchronize()
 
 
+def peak_resident_mib() -> float | None:
+    """The most resident memory this process has held so far, in MiB (None where the
+    platform does not report it)."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # Linux reports KiB, macOS bytes.
+    return peak / (1 << 20) if sys.platform == "darwin" else peak / (1 << 10)
+
+
 def describe_hardware(device: torch.device) -> str:
     """A one-line name of what runs the work, for benchmark tables: GPU name or CPU model."""
     if device.type == "cuda":

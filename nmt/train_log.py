@@ -125,8 +125,10 @@ def train_record(
     lr: float,
     tokens_per_s: float,
     elapsed_s: float,
+    peak_rss_mib: float | None,
 ) -> dict[str, Any]:
-    """A metrics.jsonl row of training (loss and NLL per target token over the window)."""
+    """A metrics.jsonl row of training (loss and NLL per target token over the window;
+    the process's peak resident memory so far)."""
     return {
         "split": "train",
         "step": step,
@@ -137,13 +139,15 @@ def train_record(
         "lr": lr,
         "tokens_per_s": tokens_per_s,
         "elapsed_s": elapsed_s,
+        "peak_rss_mib": peak_rss_mib,
     }
 
 
 def log_train(record: dict[str, Any], total_steps: int | None, eta_s: float) -> None:
     """The progress line of a training record."""
     log.info(
-        "step %d/%s | epoch %d | loss %.3f | ppl %.2f | lr %.2e | %s tok/s | %s elapsed | ETA %s",
+        "step %d/%s | epoch %d | loss %.3f | ppl %.2f | lr %.2e | %s tok/s | peak RSS %s "
+        "| %s elapsed | ETA %s",
         record["step"],
         total_steps or "?",
         record["epoch"] + 1,
@@ -151,6 +155,7 @@ def log_train(record: dict[str, Any], total_steps: int | None, eta_s: float) -> 
         record["ppl"],
         record["lr"],
         f"{record['tokens_per_s']:,.0f}",
+        "?" if record["peak_rss_mib"] is None else f"{record['peak_rss_mib']:,.0f} MiB",
         hms(record["elapsed_s"]),
         hms(eta_s),
     )

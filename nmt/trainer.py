@@ -25,10 +25,10 @@ from nmt.config import decode_settings, validate
 from nmt.data import prepare_data
 from nmt.data.batching import collate
 from nmt.model import Transformer, build_model, parameter_counts
-from nmt.objective import build_optimization, label_smoothed_loss
+from nmt.objective import batch_loss, build_optimization
 from nmt.results import results_record, write_results
 from nmt.run_scoring import average_last, final_scores, validation_record
-from nmt.runtime import init_runtime
+from nmt.runtime import init_runtime, peak_resident_mib
 from nmt.train_batches import Batch, TrainBatches
 from nmt.train_log import MetricsLog, Window, log_train, non_finite_error, train_record
 from nmt.training_state import (
@@ -159,8 +159,13 @@ class Trainer:
             accumulate = rt.world_size > 1 and n < len(batches) - 1
             with self.ddp_model.no_sync() if accumulate else contextlib.nullcontext():
                 with rt.autocast():
-                    logits = self.ddp_model(batch.src, batch.tgt_in)
-                loss, nll = label_smoothed_loss(logits, batch.tgt_out, t.label_smoothing)
+                    loss, nll = batch_loss(
+                        self.ddp_model,
+                        self.model.output_weight,
+                        batch,
+                        t.label_smoothing,
+                        t.loss_chunk_tokens,
+                    )
                 # Summed over the step's tokens on all ranks and divided once: the gradient
                 # of the whole global batch. DDP averages over ranks: scale by world_size.
                 self.scaler.scale(loss * (rt.world_size / global_tokens)).backward()
@@ -284,6 +289,7 @@ class Trainer:
             lr=self.optimizer.param_groups[0]["lr"],
             tokens_per_s=tokens / max(self._window.seconds, 1e-9),
             elapsed_s=elapsed,
+            peak_rss_mib=peak_resident_mib(),
         )
         self.metrics.record(record)
         if self.rt.is_main:
@@ -371,6 +377,7 @@ class Trainer:
             best_valid_bleu=p.best_bleu,
             parameters=self.param_counts["total"],
             wall_seconds=self._wall_before + time.perf_counter() - self.created,
+            peak_rss_mib=peak_resident_mib(),
             device=str(self.rt.device),
             precision=self.rt.precision,
             world_size=self.rt.world_size,

@@ -81,6 +81,10 @@ def test_results_file_has_what_a_report_needs(quick_cfg, tmp_path) -> None:
     assert on_disk["parameters"] == results["parameters"] > 0
     assert on_disk["train_tokens_per_s"] > 0
     assert on_disk["wall_seconds"] >= on_disk["train_seconds"]
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
+    logged = [r["peak_rss_mib"] for r in rows if r["split"] == "train"]
+    if sys.platform.startswith("linux"):  # the process holds at least torch itself
+        assert 100 < logged[-1] <= on_disk["peak_rss_mib"] < 64 * 1024
     hypotheses = tmp_path / "run" / on_disk["hypotheses"]["test"]
     assert hypotheses.read_text(encoding="utf-8").count("\n") == 8
 
@@ -158,14 +162,14 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(
     quick_cfg, tmp_path, monkeypatch, save_every, left
 ) -> None:
     calls = {"n": 0}
-    real = trainer_module.label_smoothed_loss
+    real = trainer_module.batch_loss
 
-    def poisoned(logits, target, eps):
+    def poisoned(*args):
         calls["n"] += 1
-        loss, nll = real(logits, target, eps)
+        loss, nll = real(*args)
         return (loss * float("nan"), nll) if calls["n"] >= 3 else (loss, nll)
 
-    monkeypatch.setattr(trainer_module, "label_smoothed_loss", poisoned)
+    monkeypatch.setattr(trainer_module, "batch_loss", poisoned)
     run = tmp_path / "run"
     cfg = quick_cfg("train.max_steps=10", f"train.save_every={save_every}")
     lr3 = inverse_sqrt_lr(3, cfg.model.d_model, cfg.train.warmup_steps, cfg.train.lr_scale)

@@ -1,0 +1,77 @@
+"""The training loss: label smoothing from its definition, and the chunked projected loss
+(gradients computed in the forward pass) equal to the plain one."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from nmt.data import PAD
+from nmt.objective import label_smoothed_loss, projected_label_smoothed_loss
+
+
+def test_label_smoothing_follows_its_definition() -> None:
+    """(1 - eps) * NLL + eps * the mean over the vocabulary of -log p, padding left out."""
+    logits = torch.tensor([[[2.0, 0.0, -1.0, 0.5], [0.0, 0.0, 0.0, 0.0]]])
+    target = torch.tensor([[2, PAD]])
+    loss, nll = label_smoothed_loss(logits, target, eps=0.1)
+    log_p = [x - math.log(sum(math.exp(v) for v in logits[0, 0])) for x in logits[0, 0]]
+    want_nll = -float(log_p[2])
+    assert nll.item() == pytest.approx(want_nll, rel=1e-6)
+    want = 0.9 * want_nll + 0.1 * -sum(float(x) for x in log_p) / 4
+    assert loss.item() == pytest.approx(want, rel=1e-6)
+
+
+def random_problem(dtype=torch.float64, rows=(3, 7), d=16, vocab=50):
+    torch.manual_seed(0)
+    states = torch.randn(*rows, d, dtype=dtype, requires_grad=True)
+    weight = torch.randn(vocab, d, dtype=dtype, requires_grad=True)
+    target = torch.randint(1, vocab, rows)
+    target[0, 4:] = PAD  # a padded row: no loss, no gradient
+    return states, weight, target
+
+
+def loss_and_grads(fn, states, weight, target):
+    loss, nll = fn(states, weight, target)
+    (0.37 * loss).backward()  # a scale, as the trainer divides by the step's tokens
+    grads = states.grad.clone(), weight.grad.clone()
+    states.grad = weight.grad = None
+    return loss.detach(), nll, grads
+
+
+@pytest.mark.parametrize("chunk", [1, 5, 1000])
+def test_projected_loss_equals_the_loss_of_the_logits(chunk: int) -> None:
+    states, weight, target = random_problem()
+
+    def plain(s, w, t):
+        return label_smoothed_loss(s @ w.t(), t, 0.1)
+
+    def projected(s, w, t):
+        return projected_label_smoothed_loss(s, w, t, 0.1, chunk)
+
+    want = loss_and_grads(plain, states, weight, target)
+    got = loss_and_grads(projected, states, weight, target)
+    assert got[0].item() == pytest.approx(want[0].item(), rel=1e-6)
+    assert got[1].item() == pytest.approx(want[1].item(), rel=1e-6)
+    for g, w in zip(got[2], want[2], strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-6)
+    assert states.grad is None and got[2][0][0, 4:].abs().max() == 0  # padding: no gradient
+
+
+def test_projected_loss_under_bf16_autocast_projects_in_bf16() -> None:
+    """The logits are rounded to bf16 as the autocast matmul's are: the same loss."""
+    states, weight, target = random_problem(torch.float32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        want = label_smoothed_loss(states @ weight.t(), target, 0.1)[0]
+        got = projected_label_smoothed_loss(states, weight, target, 0.1, 4)[0]
+    assert got.item() == pytest.approx(want.item(), rel=1e-6)
+    fp32 = label_smoothed_loss(states @ weight.t(), target, 0.1)[0]
+    assert got.item() != fp32.item()  # not vacuous: the fp32 projection differs
+
+
+def test_a_chunk_below_one_is_refused() -> None:
+    states, weight, target = random_problem()
+    with pytest.raises(ValueError, match="chunk_rows=0"):
+        projected_label_smoothed_loss(states, weight, target, 0.1, 0)
