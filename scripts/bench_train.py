@@ -1,22 +1,25 @@
-"""Training throughput per position encoding on the same real batches, interleaved.
+"""Training throughput per position encoding, precision and compilation, on the same real
+batches, interleaved.
 
     NMT_DATA_DIR=/path/to/data python scripts/bench_train.py model=small --rounds 7
     python scripts/bench_train.py model=small --encodings absolute,relative --corpus multi30k
-    python scripts/bench_train.py model=small --precision bf16   # CPUs with AMX / AVX512-BF16
+    python scripts/bench_train.py model=small --precisions fp32,bf16 --compile off,on
 
-One model per encoding (same config, same seed), the same batches for all of them, each
-encoding's share of a round (forward + backward + Adam on every batch) in turn, after
-warm-up, so slow drifts of the machine hit every encoding alike; the order rotates from
-round to round so no encoding always runs first or after the same neighbour. Reported per
-encoding: the median target tokens/s over rounds, the median of the per-round ratio to
-`absolute` and to `relative` (ratios from the same round, seconds apart, not of medians),
-and the spread of the first ratio (min-max over rounds). Model FLOPs utilisation is the
-estimated training FLOP/s over the matmul peak measured in the same process and precision.
+One model per variant (encoding x precision x compiled; same config, same seed), the same
+batches for all of them, each variant's share of a round (the trainer's step: forward, loss,
+backward, Adam, on every batch) in turn, after warm-up (which is where torch.compile
+compiles), so slow drifts of the machine hit every variant alike; the order rotates from
+round to round. Reported per variant: the median target tokens/s over rounds, the median of
+the per-round ratio to `absolute` of the same precision and compilation, and to the same
+encoding in fp32 eager (ratios from the same round, seconds apart, not of medians), with
+the spread of the first (min-max over rounds). Model FLOPs utilisation is the estimated
+training FLOP/s over the matmul peak of the variant's precision, measured in this process.
 
 Batches: the Multi30k training split (`--corpus multi30k`, needs NMT_DATA_DIR) and/or
 newstest2014 EN-DE (`--corpus newstest`, realistic WMT lengths; a SentencePiece model is
 trained on it for the benchmark), cut to `--max-tokens` padded positions per batch.
-Writes a Markdown table and JSON to `--out-dir`.
+Config overrides apply to every variant (`train.loss_chunk_tokens=0`: the loss over whole
+logits). Writes a Markdown table and JSON to `--out-dir`.
 """
 
 from __future__ import annotations
@@ -26,17 +29,14 @@ import json
 import os
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import torch
 
 from nmt.config import compose, encoding_presets, validate
-from nmt.data import EncodedSplit, prepare_data, train_vocabulary
-from nmt.data.batching import collate, split_batches
 from nmt.model import build_model, parameter_counts
-from nmt.objective import label_smoothed_loss
+from nmt.objective import batch_loss, build_optimization
 from nmt.presets import training_presets
 from nmt.runtime import (
     autocast,
@@ -45,34 +45,47 @@ from nmt.runtime import (
     resolve_device,
     synchronize,
 )
+from nmt.throughput import CORPORA, benchmark_batches, matmul_peak_flops, training_flops
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
-def matmul_peak_flops(
-    device: torch.device, dtype: torch.dtype, size: int = 2048, repeats: int = 5
-) -> float:
-    """Best FLOP/s of a square matmul in `dtype` on this device and thread count."""
-    a, b = (torch.randn(size, size, device=device, dtype=dtype) for _ in range(2))
-    a @ b
-    best = float("inf")
-    for _ in range(repeats):
-        synchronize(device)
-        start = time.perf_counter()
-        a @ b
-        synchronize(device)
-        best = min(best, time.perf_counter() - start)
-    return 2 * size**3 / best
+def variant_name(encoding: str, precision: str, compiled: bool) -> str:
+    return f"{encoding} {precision}{' compiled' if compiled else ''}"
 
 
-def training_flops(cfg, counts: dict[str, int], batch) -> float:
-    """~6 FLOPs per weight per token it sees (forward 2, backward 4): encoder weights see the
-    (padded) source, decoder weights and the tied output projection the target; plus the
-    attention score and weighted-sum matmuls (4 * Nq * Nk * d per layer forward, x3)."""
-    B, S = batch.src.shape
-    T, d = batch.tgt_in.size(1), cfg.model.d_model
-    dense = 6 * (counts["encoder"] * B * S + (counts["decoder"] + counts["embeddings"]) * B * T)
-    layers = cfg.model.encoder_layers * S * S + cfg.model.decoder_layers * (T * T + T * S)
-    attn = 3 * 4 * B * d * layers
-    return dense + attn
+def build_variant(overrides, encoding, precision, compiled, vocab_size, device) -> dict:
+    torch.manual_seed(0)
+    cfg = compose([*overrides, f"encoding={encoding}"])
+    model = build_model(cfg, vocab_size).to(device).train()
+    optimizer, _, _ = build_optimization(model, cfg, device, precision)
+    return {
+        "cfg": cfg,
+        "model": model,
+        "forward": torch.compile(model) if compiled else model,
+        "optimizer": optimizer,
+        "counts": parameter_counts(model),
+        "precision": precision,
+    }
+
+
+def train_steps(v: dict, batches, device) -> None:
+    """The trainer's step on each batch (loss summed over tokens, divided once)."""
+    t = v["cfg"].train
+    for batch in batches:
+        with autocast(device, v["precision"]):
+            loss, _ = batch_loss(
+                v["forward"],
+                v["model"].output_weight,
+                batch,
+                t.label_smoothing,
+                t.loss_chunk_tokens,
+            )
+        (loss / batch.tgt_tokens).backward()
+        if t.clip_norm > 0:
+            torch.nn.utils.clip_grad_norm_(v["model"].parameters(), t.clip_norm)
+        v["optimizer"].step()
+        v["optimizer"].zero_grad(set_to_none=True)
 
 
 def round_ratios(times: dict[str, list[float]], ref: str, name: str) -> list[float]:
@@ -80,16 +93,7 @@ def round_ratios(times: dict[str, list[float]], ref: str, name: str) -> list[flo
     return [a / t for a, t in zip(times[ref], times[name], strict=True)] if ref in times else []
 
 
-def newstest_split(data_dir: Path, vocab_size: int, work: Path) -> tuple[EncodedSplit, int]:
-    """newstest2014 EN-DE as a split, with a SentencePiece model trained on it; (split, vocab
-    size)."""
-    en = (data_dir / "wmt14" / "newstest2014.en").read_text(encoding="utf-8").splitlines()
-    de = (data_dir / "wmt14" / "newstest2014.de").read_text(encoding="utf-8").splitlines()
-    vocab = train_vocabulary(en + de, work / "spm.model", vocab_size=vocab_size)
-    return EncodedSplit.from_texts(vocab, en, de, name="newstest2014"), vocab.size
-
-
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. model=small")
     parser.add_argument(
@@ -97,21 +101,23 @@ def main() -> None:
         default=",".join(training_presets()),
         help="comma-separated presets (default: every preset that trains a different model)",
     )
-    parser.add_argument("--corpus", default="multi30k,newstest")
+    parser.add_argument("--corpus", default=",".join(CORPORA))
+    parser.add_argument("--precisions", default="fp32", help="fp32, bf16 or both: fp32,bf16")
+    parser.add_argument(
+        "--compile", default="off", help="off, on or off,on: torch.compile the model"
+    )
     parser.add_argument("--max-tokens", type=int, default=4096)
     parser.add_argument("--batches", type=int, default=4, help="batches per round (same for all)")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--threads", type=int, default=0)
-    parser.add_argument(
-        "--precision",
-        choices=("fp32", "bf16"),
-        default="fp32",
-        help="bf16: autocast, as train.precision=bf16",
-    )
     parser.add_argument("--device", default="cpu", help="cpu, cuda, mps or auto")
     parser.add_argument("--out-dir", type=Path, default=Path("bench_results"))
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     if not os.environ.get("NMT_DATA_DIR"):
@@ -124,46 +130,34 @@ def main() -> None:
             f"bench_train: unknown encoding {', '.join(unknown)}; "
             f"choose from {', '.join(encoding_presets())}"
         )
+    precisions = args.precisions.split(",")
+    if set(precisions) - set(DTYPES):
+        sys.exit(f"bench_train: --precisions takes {', '.join(DTYPES)}")
+    compiles = [{"off": False, "on": True}[c] for c in args.compile.split(",")]
     device = resolve_device(args.device)
     # As nmt-train does (train.malloc_keep_mib); pass train.malloc_keep_mib=0 for glibc's defaults.
     base = compose(args.overrides)
     validate(base)
     keeps_freed = device.type == "cpu" and keep_freed_cpu_memory(base.train.malloc_keep_mib) > 0
-    dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
-    peak = matmul_peak_flops(device, dtype)
+    peaks = {p: matmul_peak_flops(device, DTYPES[p]) for p in precisions}
+    combos = [(e, p, c) for p in precisions for c in compiles for e in names]
     rows, raw = [], {}
     for corpus in args.corpus.split(","):
-        with tempfile.TemporaryDirectory() as work:
-            if corpus == "multi30k":
-                data = prepare_data(compose(["data=multi30k"]).data)
-                split, vocab_size = data.splits["train"], data.vocab.size
-            else:
-                split, vocab_size = newstest_split(data_dir, 8000, Path(work))
-        batches = [
-            collate(split, idx).to(device)
-            for idx in split_batches(split, args.max_tokens, seed=0, epoch=0)[: args.batches]
-        ]
-        models = {}
-        for name in names:
-            torch.manual_seed(0)
-            cfg = compose([*args.overrides, f"encoding={name}"])
-            model = build_model(cfg, vocab_size).to(device).train()
-            optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
-            models[name] = (cfg, model, optimizer, parameter_counts(model))
-        times: dict[str, list[float]] = {n: [] for n in names}
+        batches, vocab_size = benchmark_batches(
+            corpus, data_dir, args.max_tokens, args.batches, device
+        )
+        variants = {
+            variant_name(*combo): build_variant(args.overrides, *combo, vocab_size, device)
+            for combo in combos
+        }
+        order = list(variants)
+        times: dict[str, list[float]] = {n: [] for n in order}
         started = time.perf_counter()
         for round_ in range(args.warmup + args.rounds):
-            for name in names[round_ % len(names) :] + names[: round_ % len(names)]:
-                cfg, model, optimizer, _ = models[name]
+            for name in order[round_ % len(order) :] + order[: round_ % len(order)]:
                 synchronize(device)
                 start = time.perf_counter()
-                for batch in batches:
-                    with autocast(device, args.precision):
-                        logits = model(batch.src, batch.tgt_in)
-                    loss, _ = label_smoothed_loss(logits, batch.tgt_out, 0.1)
-                    loss.backward()
-                    optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
+                train_steps(variants[name], batches, device)
                 synchronize(device)
                 if round_ >= args.warmup:
                     times[name].append(time.perf_counter() - start)
@@ -175,22 +169,24 @@ def main() -> None:
                 flush=True,
             )
         tokens = sum(b.tgt_tokens for b in batches)
-
-        for name in names:
-            cfg, _, _, counts = models[name]
-            flops = sum(training_flops(cfg, counts, b) for b in batches)
-            to_abs = round_ratios(times, "absolute", name)
-            to_rel = round_ratios(times, "relative", name)
+        for encoding, precision, compiled in combos:
+            name = variant_name(encoding, precision, compiled)
+            v = variants[name]
+            flops = sum(training_flops(v["cfg"], v["counts"], b) for b in batches)
+            to_abs = round_ratios(times, variant_name("absolute", precision, compiled), name)
+            to_fp32 = round_ratios(times, variant_name(encoding, "fp32", False), name)
             median = statistics.median(times[name])
             rows.append(
                 {
                     "corpus": corpus,
-                    "encoding": name,
+                    "encoding": encoding,
+                    "precision": precision,
+                    "compiled": compiled,
                     "tokens_per_s": tokens / median,
                     "ratio_to_absolute": statistics.median(to_abs) if to_abs else None,
                     "ratio_to_absolute_range": [min(to_abs), max(to_abs)] if to_abs else None,
-                    "ratio_to_relative": statistics.median(to_rel) if to_rel else None,
-                    "mfu": flops / median / peak,
+                    "ratio_to_fp32_eager": statistics.median(to_fp32) if to_fp32 else None,
+                    "mfu": flops / median / peaks[precision],
                 }
             )
         raw[corpus] = {
@@ -199,17 +195,18 @@ def main() -> None:
             "mean_src_len": statistics.mean(b.src.size(1) for b in batches),
             "mean_tgt_len": statistics.mean(b.tgt_in.size(1) for b in batches),
         }
+        del variants
+    peak_text = ", ".join(f"{p} {peaks[p] / 1e9:,.0f}" for p in precisions)
     lines = [
-        f"{describe_hardware(device)}, torch {torch.__version__}, {args.precision}; "
-        f"{args.precision} matmul peak {peak / 1e9:,.0f} GFLOP/s; overrides: "
+        f"{describe_hardware(device)}, torch {torch.__version__}, {torch.get_num_threads()} "
+        f"thread(s); matmul peak GFLOP/s: {peak_text}; overrides: "
         f"{' '.join(args.overrides) or '(defaults)'}; {args.batches} batches of <= "
-        f"{args.max_tokens} "
-        f"padded tokens per round, {args.warmup} warm-up + {args.rounds} timed rounds"
-        f"{'; glibc keeps freed blocks' if keeps_freed else ''}.",
+        f"{args.max_tokens} padded tokens per round, {args.warmup} warm-up + {args.rounds} "
+        f"timed rounds{'; glibc keeps freed blocks' if keeps_freed else ''}.",
         "",
-        "| corpus | encoding | target tokens/s | ratio to absolute (min-max) "
-        "| ratio to relative | MFU |",
-        "|---|---|---:|---:|---:|---:|",
+        "| corpus | encoding | precision | compiled | target tokens/s "
+        "| ratio to absolute (min-max) | ratio to fp32 eager | MFU |",
+        "|---|---|---|---|---:|---:|---:|---:|",
     ]
 
     def fmt(x: float | None) -> str:
@@ -220,8 +217,9 @@ def main() -> None:
         ratio = fmt(r["ratio_to_absolute"])
         ratio += f" ({spread[0]:.3f}-{spread[1]:.3f})" if spread else ""
         lines.append(
-            f"| {r['corpus']} | {r['encoding']} | {r['tokens_per_s']:,.0f} | {ratio} "
-            f"| {fmt(r['ratio_to_relative'])} | {r['mfu']:.1%} |"
+            f"| {r['corpus']} | {r['encoding']} | {r['precision']} "
+            f"| {'yes' if r['compiled'] else 'no'} | {r['tokens_per_s']:,.0f} | {ratio} "
+            f"| {fmt(r['ratio_to_fp32_eager'])} | {r['mfu']:.1%} |"
         )
     table = "\n".join(lines)
     print(table)
@@ -230,7 +228,9 @@ def main() -> None:
     meta = {
         "hardware": describe_hardware(device),
         "torch": torch.__version__,
-        "precision": args.precision,
+        "threads": torch.get_num_threads(),
+        "precisions": precisions,
+        "compile": args.compile,
         "overrides": args.overrides,
         "batches": args.batches,
         "max_tokens": args.max_tokens,
@@ -239,7 +239,7 @@ def main() -> None:
         "malloc_keeps_freed": keeps_freed,
     }
     (args.out_dir / "bench_train.json").write_text(
-        json.dumps({"meta": meta, "rows": rows, "raw": raw, "peak_flops": peak}, indent=1)
+        json.dumps({"meta": meta, "rows": rows, "raw": raw, "peak_flops": peaks}, indent=1)
     )
 
 
