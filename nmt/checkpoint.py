@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from nmt.config import DecodeConfig, TrainConfig, to_container
 from nmt.encodings import architecture_options
 from nmt.errors import CheckpointError
 from nmt.presets import complete_encoding
@@ -122,12 +123,18 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
 
 def checkpoint_config(state: dict[str, Any]) -> DictConfig:
-    """The checkpoint's config, completed for this version (`nmt.presets.complete_encoding`).
+    """The checkpoint's config, completed for this version (`nmt.presets.complete_encoding`;
+    `train` and `decode` keys added since the checkpoint was written take their defaults).
 
     Architecture keys are never filled in: a missing one must fail, not become the default."""
     cfg = OmegaConf.create(state["config"])
     if "encoding" in cfg:
         cfg.encoding = complete_encoding(OmegaConf.to_container(cfg.encoding))
+    for section, schema in (("train", TrainConfig), ("decode", DecodeConfig)):
+        if section in cfg:
+            for key, value in to_container(OmegaConf.structured(schema)).items():
+                if key not in cfg[section]:
+                    cfg[section][key] = value
     return cfg
 
 

@@ -37,9 +37,16 @@ OLD_PRESETS = (
 )
 
 
+# Train and decode keys added since; a checkpoint written before them has none.
+NEWER_TRAIN_KEYS = ("loss_chunk_tokens",)
+NEWER_DECODE_KEYS = ("unk_penalty", "eos_rule")
+
+
 def old_config(cfg) -> dict:
     config = to_container(cfg)
     config["encoding"] = {k: v for k, v in config["encoding"].items() if k in OLD_ENCODING_KEYS}
+    for section, newer in (("train", NEWER_TRAIN_KEYS), ("decode", NEWER_DECODE_KEYS)):
+        config[section] = {k: v for k, v in config[section].items() if k not in newer}
     return config
 
 
@@ -52,6 +59,8 @@ def test_an_old_checkpoint_config_builds_the_same_model(preset: str) -> None:
     assert "input" not in state["config"]["encoding"]
 
     loaded_cfg = checkpoint_config(state)
+    assert loaded_cfg.train.loss_chunk_tokens == cfg.train.loss_chunk_tokens  # the default
+    assert loaded_cfg.decode.eos_rule == cfg.decode.eos_rule
     assert loaded_cfg.encoding.input == cfg.encoding.input
     assert loaded_cfg.encoding.attention == cfg.encoding.attention
     loaded = build_model(loaded_cfg, vocab_size=30).eval()

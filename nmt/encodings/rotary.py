@@ -14,8 +14,18 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from nmt.encodings.base import AttentionPositions, AttentionShape, EncodingMethod, register
+from nmt.encodings.base import (
+    AttentionPositions,
+    AttentionShape,
+    EncodingMethod,
+    ShapeCache,
+    register,
+)
 from nmt.errors import ConfigError
+
+# Elements of the cos / sin tables a module keeps (one (2, N, d/2) table per length and
+# scale met): every length of ordinary sentences, while very long inputs do not stay.
+_CACHE_ELEMENTS = 1 << 22
 
 SCALINGS = ("none", "linear", "ntk", "dynamic_linear", "dynamic_ntk")
 
@@ -58,7 +68,7 @@ class RotaryPositions(AttentionPositions):
             raise ConfigError(f"rotary scaling {scaling!r} needs train_len >= 1, got {train_len}")
         self.d_head, self.base, self.scaling, self.factor = d_head, base, scaling, factor
         self.train_len = train_len
-        self._cos_sin: dict[tuple[Any, ...], tuple[Tensor, Tensor]] = {}
+        self._cos_sin = ShapeCache(_CACHE_ELEMENTS)
 
     @property
     def length_dependent(self) -> bool:
@@ -75,8 +85,8 @@ class RotaryPositions(AttentionPositions):
     def _angles(
         self, start: int, length: int, scale: float, device: torch.device, dtype: torch.dtype
     ) -> tuple[Tensor, Tensor]:
-        key = (start, length, scale, device, dtype, torch.is_inference_mode_enabled())
-        if key not in self._cos_sin:
+
+        def make() -> Tensor:
             base, pos_scale = self.base, 1.0
             if self.scaling.endswith("ntk"):
                 base = self.base * scale ** (self.d_head / (self.d_head - 2))
@@ -88,10 +98,10 @@ class RotaryPositions(AttentionPositions):
             inv_freq = base ** (-torch.arange(half, dtype=torch.float64) / half)
             pos = torch.arange(start, start + length, dtype=torch.float64) * pos_scale
             angles = pos.unsqueeze(1) * inv_freq.unsqueeze(0)  # (N, d/2)
-            if len(self._cos_sin) > 256:  # one entry per (length, factor) met
-                self._cos_sin.clear()
-            self._cos_sin[key] = (angles.cos().to(device, dtype), angles.sin().to(device, dtype))
-        return self._cos_sin[key]
+            return torch.stack((angles.cos(), angles.sin())).to(device, dtype)  # (2, N, d/2)
+
+        cos_sin = self._cos_sin.get((start, length, scale, device, dtype), make)
+        return cos_sin[0], cos_sin[1]
 
     def positioned(
         self,
