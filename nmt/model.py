@@ -87,20 +87,35 @@ class DecoderLayer(nn.Module):
         cross_cache: KeyValueCache | None = None,
     ) -> Tensor:
         x = self.self_block(x, lambda h: self.self_attn(h, causal=True, cache=self_cache))
-        x = self.cross_block(
-            x,
-            lambda h: self.cross_attn(
-                h, memory, key_padding_mask=memory_pad_mask, cache=cross_cache
-            ),
-        )
+        x = self.cross_block(x, lambda h: self._cross(h, memory, memory_pad_mask, cross_cache))
         return self.ffn_block(x, self.ffn)
+
+    def _cross(
+        self, h: Tensor, memory: Tensor, pad_mask: Tensor, cache: KeyValueCache | None
+    ) -> Tensor:
+        """Cross-attention of `h (n*r, T, D)` to `memory (n, S, D)`: the r rows of a memory
+        row (a sentence's beams) are one attention with r*T queries over the same keys, so
+        beam search keeps the memory and its keys per sentence, not per beam. Exact:
+        cross-attention has no position term, each query attends on its own."""
+        n = memory.size(0)
+        out = self.cross_attn(
+            h.reshape(n, -1, h.size(-1)), memory, key_padding_mask=pad_mask, cache=cache
+        )
+        return out.reshape(h.shape)
 
 
 class DecoderCache:
-    """Everything incremental decoding keeps between steps; rows are (sentence x beam)."""
+    """Everything incremental decoding keeps between steps.
+
+    Decoder rows are (sentence x beam), sentence-major; the memory, its padding mask and
+    the cross-attention keys are kept once per memory row, which serves `rows // n`
+    consecutive decoder rows (a sentence's beams). Re-ranking the beams of a sentence then
+    moves only the self-attention caches; the memory moves when sentences leave.
+    """
 
     def __init__(self, memory: Tensor, memory_pad_mask: Tensor, layers: int) -> None:
-        self.memory, self.memory_pad_mask = memory, memory_pad_mask  # (B, S, D), (B, S)
+        self.memory, self.memory_pad_mask = memory, memory_pad_mask  # (n, S, D), (n, S)
+        self.rows = memory.size(0)  # decoder rows, a multiple of the memory rows
         self.self_attn = [KeyValueCache() for _ in range(layers)]
         self.cross_attn = [KeyValueCache() for _ in range(layers)]
 
@@ -109,16 +124,26 @@ class DecoderCache:
         """Target positions decoded so far (the position of the next token)."""
         return self.self_attn[0].length
 
-    @property
-    def batch_size(self) -> int:
-        return self.memory.size(0)
-
     def reorder(self, indices: Tensor) -> None:
-        """Keep rows `indices` (may repeat rows, e.g. to expand to beams, or drop them)."""
-        self.memory = self.memory.index_select(0, indices)
-        self.memory_pad_mask = self.memory_pad_mask.index_select(0, indices)
-        for cache in (*self.self_attn, *self.cross_attn):
+        """Keep decoder rows `indices` (may repeat rows, e.g. to expand to beams, or drop them)."""
+        n = self.memory.size(0)
+        memory_of_row = indices // (self.rows // n)  # (R',) the memory row each new row reads
+        kept = torch.unique_consecutive(memory_of_row)
+        per_row = indices.numel() // kept.numel()
+        grouped = per_row * kept.numel() == indices.numel() and torch.equal(
+            memory_of_row, kept.repeat_interleave(per_row)
+        )
+        # Rows that do not come in equal consecutive groups get a memory row each.
+        memory_rows = kept if grouped else memory_of_row
+        same = grouped and torch.equal(memory_rows, torch.arange(n, device=indices.device))
+        if not same:  # sentences left or moved, or rows regrouped
+            self.memory = self.memory.index_select(0, memory_rows)
+            self.memory_pad_mask = self.memory_pad_mask.index_select(0, memory_rows)
+            for cache in self.cross_attn:
+                cache.reorder(memory_rows)
+        for cache in self.self_attn:
             cache.reorder(indices)
+        self.rows = indices.numel()
 
 
 class Transformer(nn.Module):

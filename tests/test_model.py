@@ -79,6 +79,47 @@ def test_cached_decoding_equals_the_full_forward_pass(encoding: str) -> None:
     assert (torch.stack(steps_after, 1) - full_reordered[:, 4:]).abs().max().item() < 1e-5
 
 
+@pytest.mark.parametrize("encoding", ["relative", "absolute"])
+def test_beams_share_their_sentences_memory_and_stay_exact(encoding: str) -> None:
+    """Beam search's rows: each sentence expands to 2 beams, beams re-rank within their
+    sentence, then the first sentence leaves. The memory stays one row per sentence while
+    the steps equal the full forward pass over row-level copies of it."""
+    torch.manual_seed(3)
+    model = tiny(encoding)
+    src = torch.tensor([[5, 6, 7, 8, 9, 3], [10, 11, 12, 3, 0, 0]])
+    tgt = torch.randint(4, 40, (4, 7))
+    tgt[:, 0] = 2
+    with torch.no_grad():
+        memory, pad = model.encode(src)
+        cache = model.start_decoding(memory, pad)
+        steps = [model.decode_step(tgt[:2, 0], cache)]
+        cache.reorder(torch.tensor([0, 0, 1, 1]))  # 2 beams a sentence
+        steps += [model.decode_step(tgt[:, t], cache) for t in range(1, 3)]
+        assert cache.memory.size(0) == 2
+        cache.reorder(torch.tensor([1, 1, 3, 2]))  # re-ranked within each sentence
+        assert cache.memory.size(0) == 2
+        after = [model.decode_step(tgt[:, t], cache) for t in range(3, 5)]
+        cache.reorder(torch.tensor([2, 3]))  # sentence 0 is done
+        assert cache.memory.size(0) == 1
+        last = [model.decode_step(tgt[2:, t], cache) for t in range(5, 7)]
+
+        beams = torch.tensor([0, 0, 1, 1])
+        full = model.decode(tgt, memory[beams], pad[beams])
+    assert (steps[0] - full[[0, 2], 0]).abs().max() < 1e-5  # every row starts with BOS
+    for t in (1, 2):
+        assert (steps[t] - full[:, t]).abs().max() < 1e-5
+    # After the re-rank, row r's prefix is old row [1, 1, 3, 2][r]'s, then its own tokens.
+    order = torch.tensor([1, 1, 3, 2])
+    reranked = torch.cat((tgt[order, :3], tgt[:, 3:]), dim=1)
+    full_after = model.decode(reranked, memory[beams], pad[beams])
+    for i, t in enumerate((3, 4)):
+        assert (after[i] - full_after[:, t]).abs().max() < 1e-5
+    left = torch.cat((reranked[[2, 3], :5], tgt[2:, 5:]), dim=1)
+    full_left = model.decode(left, memory[[1, 1]], pad[[1, 1]])
+    for i, t in enumerate((5, 6)):
+        assert (last[i] - full_left[:, t]).abs().max() < 1e-5
+
+
 @pytest.mark.parametrize("scaling", ["dynamic_linear", "dynamic_ntk"])
 def test_cached_decoding_with_dynamic_rotary_scaling_equals_each_prefix_decoded_whole(
     scaling,
