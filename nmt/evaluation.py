@@ -37,6 +37,7 @@ def evaluate_split(
     max_sentences: int = 0,
     hyp_path: str | Path | None = None,
     progress: bool = False,
+    precision: str = "fp32",
 ) -> dict[str, Any]:
     """Decode an `EncodedSplit` and score it; a JSON-ready dict (see the keys below).
 
@@ -44,7 +45,8 @@ def evaluate_split(
     upper ends of the source-length buckets; only the best hypothesis is scored, whatever
     `settings.nbest`. `max_sentences` > 0 scores only the first that many (quick
     validation). Beam 1 is greedy; `search` in the result says which was used. `hyp_path`
-    receives the detokenised hypotheses, one per line, written atomically.
+    receives the detokenised hypotheses, one per line, written atomically. `precision`
+    as in `translate_ids`.
     """
     settings = DecodeConfig() if settings is None else settings
     n = len(split) if max_sentences <= 0 else min(max_sentences, len(split))
@@ -54,7 +56,12 @@ def evaluate_split(
     was_training = getattr(model, "training", False)
     start = time.perf_counter()
     results = translate_ids(
-        model, src_ids, dataclasses.replace(settings, nbest=1), device=device, progress=progress
+        model,
+        src_ids,
+        dataclasses.replace(settings, nbest=1),
+        device=device,
+        progress=progress,
+        precision=precision,
     )
     seconds = time.perf_counter() - start
     if was_training:
@@ -75,6 +82,9 @@ def evaluate_split(
         "alpha": settings.alpha,
         "max_len_a": settings.max_len_a,
         "max_len_b": settings.max_len_b,
+        "eos_rule": settings.eos_rule,
+        "unk_penalty": settings.unk_penalty,
+        "precision": precision,
         "bleu": bleu["score"],
         "chrf": chrf["score"],
         "bleu_signature": bleu["signature"],

@@ -91,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
             settings,
             device=device,
             progress=args.input not in (None, "-") and not args.quiet,
+            precision=args.precision,
         )
         out = format_output(vocab, results, nbest=args.nbest is not None)
         if args.output:

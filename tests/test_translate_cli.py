@@ -234,6 +234,11 @@ def test_evaluate_bleu_equals_the_sacrebleu_command_line(tmp_path, capsys, toy, 
     result = json.loads((out_dir / "eval.json").read_text())
     assert 5 < result["bleu"] < 95, "the test needs a BLEU that is neither 0 nor 100"
     assert result["sentences"] == 30 and result["search"] == "beam"
+    assert (result["precision"], result["eos_rule"], result["unk_penalty"]) == (
+        "fp32",
+        "top_beam",
+        0.0,
+    )
     cli = sacrebleu_cli(out_dir / "ref.txt", out_dir / "hyp.txt", "-w", "4")
     assert float(cli) == pytest.approx(result["bleu"], abs=1e-4)
     assert f"BLEU      : {float(cli):.2f}" in printed
