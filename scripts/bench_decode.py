@@ -1,7 +1,9 @@
-"""Beam-search speed with the incremental cache against recomputing the whole prefix.
+"""Beam-search speed: the incremental cache against recomputing the whole prefix, and
+decoding in fp32 against bf16.
 
     NMT_DATA_DIR=/path/to/data python scripts/bench_decode.py model=base --limit 25 --max-len-b 0
     python scripts/bench_decode.py --input my.en --encodings relative,rotary model=base
+    python scripts/bench_decode.py --checkpoint CKPT --precisions fp32,bf16 --no-full-prefix
 
 For each encoding, a model is built from the composed config (positional `key=value`
 overrides, e.g. `model=base`) with random weights, and the same sentences are decoded
@@ -12,6 +14,8 @@ table reports how many do. The subword vocabulary is trained on the
 input text itself (`--vocab-size`), or taken with the model from `--checkpoint`. Each input
 (default: newstest2014.en, realistic WMT lengths, and the Multi30k test set, short captions)
 is a block of rows; both modes are warmed up on a few sentences before they are timed.
+`--precisions fp32,bf16` adds a row per precision: the cached search under autocast, its
+hypotheses compared with fp32's (they can differ in a few sentences).
 
 Random weights rarely predict EOS, so a hypothesis usually runs to max_len = a * src + b:
 `--max-len-b 0` gives outputs about as long as the sources, as a trained model's are.
@@ -37,7 +41,7 @@ from nmt.config import (
     compose,
     decode_settings,
 )
-from nmt.decoding import translate_ids
+from nmt.decoding import DECODE_PRECISIONS, translate_ids
 from nmt.model import build_model
 from nmt.presets import training_presets
 from nmt.runtime import describe_hardware, resolve_device, synchronize
@@ -84,8 +88,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--device", default="cpu", help="cpu, cuda, mps or auto")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--precisions",
+        default="fp32",
+        help="comma-separated: fp32 (with the full-prefix check), bf16, fp16 (each compared "
+        "with fp32's hypotheses)",
+    )
+    p.add_argument(
+        "--no-full-prefix",
+        dest="full_prefix",
+        action="store_false",
+        help="skip the full-prefix baseline (slow on long inputs); only the cached search",
+    )
     p.add_argument("--out-dir", type=Path, default=Path("results"), help="default ./results")
     args = p.parse_args(argv)
+    args.precisions = args.precisions.split(",")
+    if set(args.precisions) - set(DECODE_PRECISIONS):
+        p.error(f"--precisions takes {', '.join(DECODE_PRECISIONS)}")
     try:
         args.settings = decode_settings(
             None,
@@ -109,10 +128,12 @@ def train_vocab(lines: list[str], size: int):
         return type(vocab).from_bytes(vocab.model_bytes)
 
 
-def timed(model, src_ids, args, device, use_cache: bool):
+def timed(model, src_ids, args, device, use_cache: bool, precision: str = "fp32"):
     synchronize(device)
     start = time.perf_counter()
-    out = translate_ids(model, src_ids, args.settings, device=device, use_cache=use_cache)
+    out = translate_ids(
+        model, src_ids, args.settings, device=device, use_cache=use_cache, precision=precision
+    )
     synchronize(device)
     return out, time.perf_counter() - start
 
@@ -130,57 +151,84 @@ def modes_must_agree(cfg) -> bool:
     return not (dynamic and cfg.model.decoder_layers > 1)
 
 
+def _same(a, b) -> int:
+    return sum([h.tokens for h in x] == [h.tokens for h in y] for x, y in zip(a, b, strict=True))
+
+
 def bench_one(
     corpus: str, name: str, model, src_ids, args, device, must_agree: bool = True
-) -> dict:
+) -> list[dict]:
+    """One row per precision: the cached search's speed; fp32 also against the full prefix
+    (must give the same hypotheses), the others against fp32's hypotheses."""
     model.to(device).eval()
-    for use_cache in (True, False):  # kernels, allocator and position tables warm for both
-        timed(model, src_ids[:WARMUP_SENTENCES], args, device, use_cache)
-    cached, t_cache = timed(model, src_ids, args, device, use_cache=True)
-    full, t_full = timed(model, src_ids, args, device, use_cache=False)
-    same = sum(
-        [h.tokens for h in a] == [h.tokens for h in b] for a, b in zip(cached, full, strict=True)
-    )
-    tokens = sum(len(h[0].tokens) + 1 for h in cached)  # output tokens incl. EOS
-    n = len(src_ids)
-    row = {
-        "corpus": corpus,
-        "encoding": name,
-        "sentences": n,
-        "output_tokens": tokens,
-        "identical": same,
-        "must_agree": must_agree,
-        "cache_seconds": round(t_cache, 3),
-        "full_seconds": round(t_full, 3),
-        "cache_sent_per_s": round(n / t_cache, 2),
-        "full_sent_per_s": round(n / t_full, 2),
-        "cache_tok_per_s": round(tokens / t_cache, 1),
-        "full_tok_per_s": round(tokens / t_full, 1),
-        "speedup": round(t_full / t_cache, 2),
-    }
-    print(
-        f"{corpus} {name:>13}: cache {t_cache:7.1f} s, full prefix {t_full:7.1f} s, "
-        f"x{row['speedup']:.2f}, "
-        f"identical {same}/{n}{'' if must_agree else ' (need not be: dynamic rotary scaling)'}",
-        file=sys.stderr,
-    )
-    return row
+    n, rows, reference = len(src_ids), [], None
+    for precision in args.precisions:
+        modes = (True, False) if precision == "fp32" and args.full_prefix else (True,)
+        for use_cache in modes:  # kernels, allocator and position tables warm for every mode
+            timed(model, src_ids[:WARMUP_SENTENCES], args, device, use_cache, precision)
+        cached, t_cache = timed(model, src_ids, args, device, True, precision)
+        tokens = sum(len(h[0].tokens) + 1 for h in cached)  # output tokens incl. EOS
+        row = {
+            "corpus": corpus,
+            "encoding": name,
+            "precision": precision,
+            "sentences": n,
+            "output_tokens": tokens,
+            "cache_seconds": round(t_cache, 3),
+            "cache_sent_per_s": round(n / t_cache, 2),
+            "cache_tok_per_s": round(tokens / t_cache, 1),
+            "identical": None,
+            "compared_with": None,
+            "must_agree": must_agree,
+        }
+        if precision == "fp32":
+            reference = cached
+        if len(modes) == 2:
+            full, t_full = timed(model, src_ids, args, device, False, precision)
+            row.update(
+                identical=_same(cached, full),
+                compared_with="full prefix",
+                full_seconds=round(t_full, 3),
+                full_sent_per_s=round(n / t_full, 2),
+                full_tok_per_s=round(tokens / t_full, 1),
+                speedup=round(t_full / t_cache, 2),
+            )
+        elif precision != "fp32" and reference is not None:
+            # Expected to differ in a few sentences: no must_agree.
+            row.update(identical=_same(cached, reference), compared_with="fp32", must_agree=False)
+        same = "" if row["identical"] is None else f", identical {row['identical']}/{n}"
+        print(
+            f"{corpus} {name:>13} {precision}: cache {t_cache:7.1f} s, "
+            f"{n / t_cache:.1f} sentences/s{same}"
+            + (f" with the {row['compared_with']}" if row["compared_with"] else ""),
+            file=sys.stderr,
+        )
+        rows.append(row)
+    return rows
 
 
 def markdown(rows: list[dict]) -> str:
     lines = [
-        "| corpus | encoding | sentences | identical | cache sent/s | cache tok/s "
-        "| full-prefix sent/s | full-prefix tok/s | speed-up |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| corpus | encoding | precision | sentences | identical (with) | cache sent/s "
+        "| cache tok/s | full-prefix sent/s | full-prefix tok/s | speed-up |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
-        lines.append(
-            f"| {r['corpus']} | {r['encoding']} | {r['sentences']} "
-            f"| {r['identical']}/{r['sentences']}{'' if r.get('must_agree', True) else ' (a)'} "
-            f"| {r['cache_sent_per_s']:.2f} | {r['cache_tok_per_s']:.0f} "
-            f"| {r['full_sent_per_s']:.2f} | {r['full_tok_per_s']:.0f} | {r['speedup']:.2f}x |"
+        same = "—"
+        if r["identical"] is not None:
+            same = f"{r['identical']}/{r['sentences']} ({r['compared_with']})"
+            if r["compared_with"] == "full prefix" and not r["must_agree"]:
+                same += " (a)"
+        full = (
+            f"{r['full_sent_per_s']:.2f} | {r['full_tok_per_s']:.0f} | {r['speedup']:.2f}x"
+            if "full_seconds" in r
+            else "— | — | —"
         )
-    if not all(r.get("must_agree", True) for r in rows):
+        lines.append(
+            f"| {r['corpus']} | {r['encoding']} | {r['precision']} | {r['sentences']} | {same} "
+            f"| {r['cache_sent_per_s']:.2f} | {r['cache_tok_per_s']:.0f} | {full} |"
+        )
+    if any(r["compared_with"] == "full prefix" and not r["must_agree"] for r in rows):
         lines += [
             "",
             "(a) need not match: dynamic rotary scaling with more than one decoder layer "
@@ -246,12 +294,14 @@ def main(argv: list[str] | None = None) -> int:
         "hardware": describe_hardware(device),
         "torch": torch.__version__,
         "checkpoint": args.checkpoint,
+        "precisions": args.precisions,
+        "threads": torch.get_num_threads(),
     }
     args.out_dir.mkdir(parents=True, exist_ok=True)
     header = (
         f"Beam {args.beam}, alpha {args.alpha}, "
         f"max_len {args.max_len_a} * src + {args.max_len_b}, "
-        f"{run['hardware']}, torch {torch.__version__}, "
+        f"{run['hardware']}, {run['threads']} thread(s), torch {torch.__version__}, "
         f"overrides: {' '.join(args.overrides) or '(defaults)'}. "
         + "; ".join(
             f"{m['input']}: {m['sentences']} sentences, {m['source_tokens'] / m['sentences']:.1f} "
@@ -265,7 +315,8 @@ def main(argv: list[str] | None = None) -> int:
         args.out_dir / "bench_decode.json", [json.dumps({"meta": run, "rows": rows}, indent=2)]
     )
     print(f"wrote {args.out_dir / 'bench_decode.md'} and .json", file=sys.stderr)
-    return 0 if all(r["identical"] == r["sentences"] for r in rows if r["must_agree"]) else 1
+    must = [r for r in rows if r["must_agree"] and r["compared_with"] == "full prefix"]
+    return 0 if all(r["identical"] == r["sentences"] for r in must) else 1
 
 
 def bench_corpus(
@@ -282,8 +333,9 @@ def bench_corpus(
         file=sys.stderr,
     )
     rows = [
-        bench_one(corpus, name, build(), src_ids, args, device, agree)
+        row
         for name, build, agree in models
+        for row in bench_one(corpus, name, build(), src_ids, args, device, agree)
     ]
     meta = {
         "input": corpus,
