@@ -160,6 +160,7 @@ def main(argv: list[str] | None = None) -> int:
                 hyp_path=out_dir / "hyp.txt",
                 progress=not args.quiet,
                 precision=args.precision,
+                compile=args.compile,
             )
             refs = [one_line(t) for t in split.tgt_text[: result["sentences"]]]
             write_text_atomic(out_dir / "ref.txt", refs)

@@ -38,6 +38,7 @@ def evaluate_split(
     hyp_path: str | Path | None = None,
     progress: bool = False,
     precision: str = "fp32",
+    compile: bool = False,
 ) -> dict[str, Any]:
     """Decode an `EncodedSplit` and score it; a JSON-ready dict (see the keys below).
 
@@ -45,8 +46,8 @@ def evaluate_split(
     upper ends of the source-length buckets; only the best hypothesis is scored, whatever
     `settings.nbest`. `max_sentences` > 0 scores only the first that many (quick
     validation). Beam 1 is greedy; `search` in the result says which was used. `hyp_path`
-    receives the detokenised hypotheses, one per line, written atomically. `precision`
-    as in `translate_ids`.
+    receives the detokenised hypotheses, one per line, written atomically. `precision` and
+    `compile` as in `translate_ids`.
     """
     settings = DecodeConfig() if settings is None else settings
     n = len(split) if max_sentences <= 0 else min(max_sentences, len(split))
@@ -62,6 +63,7 @@ def evaluate_split(
         device=device,
         progress=progress,
         precision=precision,
+        compile=compile,
     )
     seconds = time.perf_counter() - start
     if was_training:

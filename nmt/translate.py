@@ -92,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
             device=device,
             progress=args.input not in (None, "-") and not args.quiet,
             precision=args.precision,
+            compile=args.compile,
         )
         out = format_output(vocab, results, nbest=args.nbest is not None)
         if args.output:

@@ -1,5 +1,6 @@
-"""Decoding in bf16 (`--precision bf16`): the model runs under autocast, the search in float32,
-and fp32 stays the default so a checkpoint decodes the same everywhere."""
+"""Decoding faster: in bf16 (`--precision bf16`) the model runs under autocast, the search in
+float32, and fp32 stays the default so a checkpoint decodes the same everywhere; compiled
+(`--compile`) it gives the same hypotheses as eager."""
 
 from __future__ import annotations
 
@@ -54,3 +55,18 @@ def test_the_default_is_fp32_and_equals_a_plain_search() -> None:
 def test_an_unknown_precision_is_refused() -> None:
     with pytest.raises(ValueError, match="precision='fp8'"):
         translate_ids(model(), SOURCES, SHORT, precision="fp8")
+
+
+@pytest.mark.slow
+def test_compiled_decoding_gives_the_eager_hypotheses() -> None:
+    """Sources of several lengths in two batches: the cache grows, beams and sentences
+    leave, and one dynamic graph serves every step."""
+    torch._dynamo.reset()
+    m = model()
+    settings = DecodeConfig(beam=3, max_len_a=0, max_len_b=7, max_tokens=16)
+    sources = [*SOURCES, [20, 21, 3], [22, 23, 24, 25, 26, 27, 28, 29, 3]]
+    eager = translate_ids(m, sources, settings)
+    compiled = translate_ids(m, sources, settings, compile=True)
+    for a, b in zip(eager, compiled, strict=True):
+        assert [h.tokens for h in a] == [h.tokens for h in b]
+        assert [h.score for h in a] == pytest.approx([h.score for h in b], abs=1e-4)
