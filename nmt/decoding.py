@@ -65,14 +65,23 @@ def pad_batch(seqs: Sequence[Sequence[int]], device: torch.device) -> torch.Tens
 
 
 class CompiledDecodeStep:
-    """A model whose `decode_step` runs through torch.compile with dynamic shapes (the cache
-    grows a position a step and beams leave the batch: one graph serves them all); every
-    other attribute is the model's. Compiling costs about a minute and a half on a 2-core
-    CPU, so it pays on large test sets, not on a few sentences."""
+    """A model whose `decode_step` runs through torch.compile with dynamic shapes once the
+    cache holds two positions, the batch two rows and two sentences; every other attribute
+    is the model's. torch.compile specialises sizes 0 and 1 (an empty cache, a one-position
+    cache, a single row or sentence), so those steps stay eager and one graph serves all the
+    others.
+    Compiling costs about a minute and a half on a 2-core CPU: it pays on large test sets.
+    """
 
     def __init__(self, model: Any) -> None:
         self._model = model
-        self.decode_step = torch.compile(model.decode_step, dynamic=True)
+        self._compiled = torch.compile(model.decode_step, dynamic=True)
+
+    def decode_step(self, tokens: torch.Tensor, cache: Any) -> torch.Tensor:
+        if min(cache.length, tokens.size(0), cache.memory.size(0)) < 2:
+            return self._model.decode_step(tokens, cache)
+        # A copy: a view would make torch.compile guard on its base's shape (sentences left).
+        return self._compiled(tokens.clone(), cache)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._model, name)

@@ -95,6 +95,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "with fp32's hypotheses)",
     )
     p.add_argument(
+        "--compile",
+        action="store_true",
+        help="also time each precision with the decoder step compiled (nmt-translate --compile)",
+    )
+    p.add_argument(
         "--no-full-prefix",
         dest="full_prefix",
         action="store_false",
@@ -128,11 +133,17 @@ def train_vocab(lines: list[str], size: int):
         return type(vocab).from_bytes(vocab.model_bytes)
 
 
-def timed(model, src_ids, args, device, use_cache: bool, precision: str = "fp32"):
+def timed(model, src_ids, args, device, use_cache: bool, precision: str = "fp32", compiled=False):
     synchronize(device)
     start = time.perf_counter()
     out = translate_ids(
-        model, src_ids, args.settings, device=device, use_cache=use_cache, precision=precision
+        model,
+        src_ids,
+        args.settings,
+        device=device,
+        use_cache=use_cache,
+        precision=precision,
+        compile=compiled,
     )
     synchronize(device)
     return out, time.perf_counter() - start
@@ -158,20 +169,27 @@ def _same(a, b) -> int:
 def bench_one(
     corpus: str, name: str, model, src_ids, args, device, must_agree: bool = True
 ) -> list[dict]:
-    """One row per precision: the cached search's speed; fp32 also against the full prefix
-    (must give the same hypotheses), the others against fp32's hypotheses."""
+    """One row per precision (and compiled, with --compile): the cached search's speed; fp32
+    eager also against the full prefix (must give the same hypotheses), the others against
+    fp32 eager's hypotheses. Compiling happens in the warm-up, on a few sentences."""
     model.to(device).eval()
     n, rows, reference = len(src_ids), [], None
-    for precision in args.precisions:
-        modes = (True, False) if precision == "fp32" and args.full_prefix else (True,)
+    variants = [(p, c) for c in (False, True)[: 1 + args.compile] for p in args.precisions]
+    for precision, compiled in variants:
+        eager_fp32 = precision == "fp32" and not compiled
+        modes = (True, False) if eager_fp32 and args.full_prefix else (True,)
+        if compiled:
+            torch._dynamo.reset()  # each variant compiles its own graph, timed apart
         for use_cache in modes:  # kernels, allocator and position tables warm for every mode
-            timed(model, src_ids[:WARMUP_SENTENCES], args, device, use_cache, precision)
-        cached, t_cache = timed(model, src_ids, args, device, True, precision)
+            warm = src_ids[:WARMUP_SENTENCES]
+            timed(model, warm, args, device, use_cache, precision, compiled)
+        cached, t_cache = timed(model, src_ids, args, device, True, precision, compiled)
         tokens = sum(len(h[0].tokens) + 1 for h in cached)  # output tokens incl. EOS
         row = {
             "corpus": corpus,
             "encoding": name,
             "precision": precision,
+            "compiled": compiled,
             "sentences": n,
             "output_tokens": tokens,
             "cache_seconds": round(t_cache, 3),
@@ -181,7 +199,7 @@ def bench_one(
             "compared_with": None,
             "must_agree": must_agree,
         }
-        if precision == "fp32":
+        if eager_fp32:
             reference = cached
         if len(modes) == 2:
             full, t_full = timed(model, src_ids, args, device, False, precision)
@@ -193,12 +211,18 @@ def bench_one(
                 full_tok_per_s=round(tokens / t_full, 1),
                 speedup=round(t_full / t_cache, 2),
             )
-        elif precision != "fp32" and reference is not None:
-            # Expected to differ in a few sentences: no must_agree.
-            row.update(identical=_same(cached, reference), compared_with="fp32", must_agree=False)
+        elif reference is not None:
+            # bf16 is expected to differ in a few sentences (no must_agree); compiled fp32
+            # should not.
+            row.update(
+                identical=_same(cached, reference),
+                compared_with="fp32 eager",
+                must_agree=precision == "fp32",
+            )
         same = "" if row["identical"] is None else f", identical {row['identical']}/{n}"
         print(
-            f"{corpus} {name:>13} {precision}: cache {t_cache:7.1f} s, "
+            f"{corpus} {name:>13} {precision}{' compiled' if compiled else ''}: "
+            f"cache {t_cache:7.1f} s, "
             f"{n / t_cache:.1f} sentences/s{same}"
             + (f" with the {row['compared_with']}" if row["compared_with"] else ""),
             file=sys.stderr,
@@ -209,9 +233,9 @@ def bench_one(
 
 def markdown(rows: list[dict]) -> str:
     lines = [
-        "| corpus | encoding | precision | sentences | identical (with) | cache sent/s "
-        "| cache tok/s | full-prefix sent/s | full-prefix tok/s | speed-up |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| corpus | encoding | precision | compiled | sentences | identical (with) "
+        "| cache sent/s | cache tok/s | full-prefix sent/s | full-prefix tok/s | speed-up |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         same = "—"
@@ -225,7 +249,8 @@ def markdown(rows: list[dict]) -> str:
             else "— | — | —"
         )
         lines.append(
-            f"| {r['corpus']} | {r['encoding']} | {r['precision']} | {r['sentences']} | {same} "
+            f"| {r['corpus']} | {r['encoding']} | {r['precision']} "
+            f"| {'yes' if r['compiled'] else 'no'} | {r['sentences']} | {same} "
             f"| {r['cache_sent_per_s']:.2f} | {r['cache_tok_per_s']:.0f} | {full} |"
         )
     if any(r["compared_with"] == "full prefix" and not r["must_agree"] for r in rows):
@@ -315,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
         args.out_dir / "bench_decode.json", [json.dumps({"meta": run, "rows": rows}, indent=2)]
     )
     print(f"wrote {args.out_dir / 'bench_decode.md'} and .json", file=sys.stderr)
-    must = [r for r in rows if r["must_agree"] and r["compared_with"] == "full prefix"]
+    must = [r for r in rows if r["must_agree"] and r["compared_with"]]
     return 0 if all(r["identical"] == r["sentences"] for r in must) else 1
 
 

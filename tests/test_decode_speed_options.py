@@ -66,7 +66,10 @@ def test_compiled_decoding_gives_the_eager_hypotheses() -> None:
     settings = DecodeConfig(beam=3, max_len_a=0, max_len_b=7, max_tokens=16)
     sources = [*SOURCES, [20, 21, 3], [22, 23, 24, 25, 26, 27, 28, 29, 3]]
     eager = translate_ids(m, sources, settings)
+    graphs_before = torch._dynamo.utils.counters["stats"]["unique_graphs"]
     compiled = translate_ids(m, sources, settings, compile=True)
     for a, b in zip(eager, compiled, strict=True):
         assert [h.tokens for h in a] == [h.tokens for h in b]
         assert [h.score for h in a] == pytest.approx([h.score for h in b], abs=1e-4)
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"] - graphs_before
+    assert graphs == 1, f"{graphs} graphs: sizes 0 and 1 must stay eager"
