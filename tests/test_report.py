@@ -177,13 +177,14 @@ def test_toy_k_sweep_through_hydra_multirun_and_nmt_report(tmp_path) -> None:
     rows = [
         line for line in main_table.splitlines() if line.startswith("| ") and "BLEU" not in line
     ]
-    assert [row.split("|")[1].strip() for row in rows] == ["0", "2", "16"]
+    assert [row.split("|")[1].strip() for row in rows] == ["toy src-tgt"] * 3
+    assert [row.split("|")[2].strip() for row in rows] == ["0", "2", "16"]
     by_length = [
         line for line in length_table.splitlines() if line.startswith("| ") and "1-10" not in line
     ]
-    assert [row.split("|")[1].strip() for row in by_length] == ["0", "2", "16"]
+    assert [row.split("|")[2].strip() for row in by_length] == ["0", "2", "16"]
     for row in rows:
-        cells = [c.strip() for c in row.split("|")[2:5]]  # valid BLEU, test BLEU, test chrF
+        cells = [c.strip() for c in row.split("|")[3:6]]  # valid BLEU, test BLEU, test chrF
         assert all(float(c.split()[0]) >= 0 for c in cells), row
     assert "3 of 3 runs finished" in proc.stdout
     assert (sweep / "bleu_vs_k.png").stat().st_size > 1000
