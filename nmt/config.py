@@ -28,6 +28,9 @@ NORMS = ("post", "pre")
 EVALUATION_ENCODING_OPTIONS = evaluation_options()
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+# oneDNN kernels kept per cache, in training and decoding: bf16 matmuls keep one per input
+# shape, gigabytes with variable-length batches; 64 cost no speed on Multi30k.
+KERNEL_CACHE_ENTRIES = 64
 MALLOC_KEEP_MAX_MIB = (2**31 - 1) // 2**20  # mallopt(3) takes the threshold as a C int of bytes
 
 
@@ -120,6 +123,8 @@ class TrainConfig:
     # unmaps such blocks on free, and the next step page-faults them in again, 4 KiB at a
     # time (README, "Training"). 0: glibc's defaults. At most 2047.
     malloc_keep_mib: int = 2047
+    # CPU: oneDNN kernels kept per cache (runtime.bound_kernel_caches); 0: the default 1,024
+    kernel_cache_entries: int = KERNEL_CACHE_ENTRIES
     # Target positions whose logits the loss computes at a time (with their gradient, in
     # the forward pass): the (B*T, V) logits never exist whole. 0: materialise them.
     loss_chunk_tokens: int = 1024
@@ -297,6 +302,11 @@ def _validate_train(train: Any) -> None:
         raise ConfigError(
             f"train.malloc_keep_mib={train.malloc_keep_mib} must be between 0 (glibc's defaults) "
             f"and {MALLOC_KEEP_MAX_MIB} (mallopt takes a C int of bytes)"
+        )
+    if train.kernel_cache_entries < 0:
+        raise ConfigError(
+            f"train.kernel_cache_entries={train.kernel_cache_entries} must be >= 0 "
+            f"(0: oneDNN's and PyTorch's defaults)"
         )
     if train.loss_chunk_tokens < 0:
         raise ConfigError(

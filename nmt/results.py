@@ -28,6 +28,7 @@ RUNTIME_KEYS = (
     "train.threads",
     "train.malloc_keep_mib",
     "train.loss_chunk_tokens",
+    "train.kernel_cache_entries",
     "train.tensorboard",
     "train.resume",
     "train.log_every",

@@ -100,6 +100,26 @@ def keep_freed_cpu_memory(mib: int) -> int:
     return 0
 
 
+# PyTorch's cache of oneDNN (ideep) kernels and oneDNN's own primitive cache.
+KERNEL_CACHE_ENV = ("LRU_CACHE_CAPACITY", "ONEDNN_PRIMITIVE_CACHE_CAPACITY")
+
+
+def bound_kernel_caches(entries: int) -> int:
+    """Keep at most `entries` oneDNN kernels per cache (0: leave the defaults of 1,024).
+
+    bf16 matmuls on the CPU run through oneDNN, which compiles a kernel, with its scratch
+    memory, for every input shape and keeps it: variable-length batches and beam search
+    meet thousands of shapes. Both caches read their size once, at their first use, so
+    this must run before the process's first bf16 matmul. Returns the entries applied
+    (0 when `entries` is 0 or the environment already sets either variable).
+    """
+    if entries == 0 or any(var in os.environ for var in KERNEL_CACHE_ENV):
+        return 0
+    for var in KERNEL_CACHE_ENV:
+        os.environ[var] = str(entries)
+    return entries
+
+
 def synchronize(device: torch.device) -> None:
     """Wait for queued GPU work, so a wall-clock timing covers it (no-op on the CPU)."""
     if device.type == "cuda":
@@ -157,7 +177,8 @@ class Runtime:
 
 def init_runtime(cfg: Any) -> Runtime:
     """Set up this process for training from `cfg.train`: device, torchrun's process group
-    (read from RANK / WORLD_SIZE / LOCAL_RANK), thread count and the glibc allocator."""
+    (read from RANK / WORLD_SIZE / LOCAL_RANK), thread count, oneDNN's kernel caches and the
+    glibc allocator."""
     t = cfg.train
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
@@ -169,6 +190,10 @@ def init_runtime(cfg: Any) -> Runtime:
         dist.init_process_group(backend=backend, timeout=timedelta(minutes=t.dist_timeout_minutes))
     if t.threads > 0:
         torch.set_num_threads(t.threads)
+    if device.type == "cpu" and bound_kernel_caches(t.kernel_cache_entries):
+        log.info(
+            "oneDNN keeps %d kernels per cache (train.kernel_cache_entries)", t.kernel_cache_entries
+        )
     if device.type == "cpu" and (kept := keep_freed_cpu_memory(t.malloc_keep_mib)):
         log.info("glibc keeps freed blocks up to %d MiB for reuse (train.malloc_keep_mib)", kept)
         if kept < t.malloc_keep_mib:

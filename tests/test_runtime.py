@@ -94,3 +94,45 @@ def test_out_of_range_is_refused_not_wrapped():
 def test_malloc_keep_mib_out_of_range_is_named():
     with pytest.raises(ConfigError, match="train.malloc_keep_mib=4096"):
         validate(compose(["train.malloc_keep_mib=4096"]))
+
+
+KERNEL_CACHE_PROBE = """
+import json, os, sys
+import torch
+from nmt.runtime import bound_kernel_caches
+applied = bound_kernel_caches(int(sys.argv[1]))
+a = torch.randn(8, 16, dtype=torch.bfloat16)
+for n in range(1, 200):  # 200 shapes: with 1,024 entries every kernel would stay
+    a[:1].expand(n, 16) @ torch.randn(16, 8, dtype=torch.bfloat16)
+print(json.dumps({"applied": applied, "env": {k: os.environ.get(k) for k in sys.argv[2:]}}))
+"""
+
+
+def run_kernel_probe(entries: int, env: dict[str, str] | None = None) -> dict:
+    from nmt.runtime import KERNEL_CACHE_ENV
+
+    out = subprocess.run(
+        [sys.executable, "-c", KERNEL_CACHE_PROBE, str(entries), *KERNEL_CACHE_ENV],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**{k: v for k, v in os.environ.items() if k not in KERNEL_CACHE_ENV}, **(env or {})},
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_both_kernel_caches_are_bounded() -> None:
+    got = run_kernel_probe(64)
+    assert got["applied"] == 64
+    assert set(got["env"].values()) == {"64"}  # both caches: PyTorch's and oneDNN's
+
+
+def test_a_kernel_cache_size_set_in_the_environment_wins() -> None:
+    got = run_kernel_probe(64, {"LRU_CACHE_CAPACITY": "8"})
+    assert got["applied"] == 0 and got["env"]["LRU_CACHE_CAPACITY"] == "8"
+    assert got["env"]["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] is None
+
+
+def test_zero_keeps_the_library_defaults() -> None:
+    got = run_kernel_probe(0)
+    assert got["applied"] == 0 and set(got["env"].values()) == {None}
