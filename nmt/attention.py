@@ -36,7 +36,9 @@ class KeyValueCache:
 
     def append(self, keys: Tensor, values: Tensor) -> tuple[Tensor, Tensor]:
         if self.keys is None:
-            self.keys, self.values = keys, values
+            # Contiguous, as every later cat or reorder returns: one memory layout for all
+            # steps (a compiled decoder step recompiles for every new layout).
+            self.keys, self.values = keys.contiguous(), values.contiguous()
         else:
             self.keys = torch.cat((self.keys, keys), dim=2)
             self.values = torch.cat((self.values, values), dim=2)  # type: ignore[arg-type]
