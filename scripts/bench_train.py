@@ -40,6 +40,7 @@ from nmt.objective import batch_loss, build_optimization
 from nmt.presets import training_presets
 from nmt.runtime import (
     autocast,
+    bound_kernel_caches,
     describe_hardware,
     keep_freed_cpu_memory,
     resolve_device,
@@ -139,6 +140,8 @@ def main() -> None:
     base = compose(args.overrides)
     validate(base)
     keeps_freed = device.type == "cpu" and keep_freed_cpu_memory(base.train.malloc_keep_mib) > 0
+    if device.type == "cpu":
+        bound_kernel_caches(base.train.kernel_cache_entries)
     peaks = {p: matmul_peak_flops(device, DTYPES[p]) for p in precisions}
     combos = [(e, p, c) for p in precisions for c in compiles for e in names]
     rows, raw = [], {}

@@ -37,7 +37,13 @@ from nmt.objective import (
     label_smoothed_loss,
     projected_label_smoothed_loss,
 )
-from nmt.runtime import autocast, describe_hardware, keep_freed_cpu_memory, resolve_device
+from nmt.runtime import (
+    autocast,
+    bound_kernel_caches,
+    describe_hardware,
+    keep_freed_cpu_memory,
+    resolve_device,
+)
 from nmt.throughput import CORPORA, benchmark_batches
 
 # Phases of a step, as record_function ranges: an operator inside "loss" or "optimizer" is
@@ -218,6 +224,7 @@ def main() -> None:
     device = resolve_device(args.device)
     if device.type == "cpu":
         keep_freed_cpu_memory(cfg.train.malloc_keep_mib)  # as nmt-train does
+        bound_kernel_caches(cfg.train.kernel_cache_entries)
     results = {}
     for corpus in args.corpus.split(","):
         batches, vocab_size = benchmark_batches(
