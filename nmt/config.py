@@ -333,8 +333,8 @@ def _validate_decode(decode: Any) -> None:
     if not 1 <= decode.nbest <= decode.beam:
         raise ConfigError(f"decode.nbest={decode.nbest} must be between 1 and decode.beam")
     # Configs saved in older checkpoints lack these two keys: the defaults apply.
-    unk_penalty = getattr(decode, "unk_penalty", 0.0)
-    eos_rule = getattr(decode, "eos_rule", "top_beam")
+    unk_penalty = getattr(decode, "unk_penalty", DecodeConfig.unk_penalty)
+    eos_rule = getattr(decode, "eos_rule", DecodeConfig.eos_rule)
     if not unk_penalty <= 0:  # NaN fails too; > 0 would break the search's stopping bound
         raise ConfigError(
             f"decode.unk_penalty={unk_penalty} must be <= 0: a log-probability added to UNK "

@@ -73,6 +73,11 @@ class AttentionPositions(nn.Module):
         raise NotImplementedError
 
 
+# Elements a ShapeCache keeps by default (32 MiB of int64 indices): every layer and beam step
+# of ordinary sentences, while a very long input does not stay in memory.
+SHAPE_CACHE_ELEMENTS = 1 << 22
+
+
 class ShapeCache:
     """Tensors that depend only on sequence lengths (a bias, a bucket index), kept for reuse
     up to `max_elements` in all: the layers of a stack and later batches of the same shape
@@ -83,7 +88,7 @@ class ShapeCache:
     lengths are symbolic there, and the compiled graph builds the tensor itself.
     """
 
-    def __init__(self, max_elements: int) -> None:
+    def __init__(self, max_elements: int = SHAPE_CACHE_ELEMENTS) -> None:
         self.max_elements = max_elements
         self._tensors: dict[Hashable, Tensor] = {}
         self._elements = 0

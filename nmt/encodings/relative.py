@@ -24,10 +24,6 @@ from nmt.encodings.base import (
 )
 from nmt.errors import ConfigError
 
-# Elements of the bucket indices a module keeps (32 MiB of int64): every layer and beam step
-# of ordinary sentences, while a very long input does not stay in memory.
-_CACHE_ELEMENTS = 1 << 22
-
 
 @dataclass
 class RelativeOptions:
@@ -64,7 +60,7 @@ class RelativePositionBias(AttentionPositions):
         for table in (self.edge_keys, self.edge_values):
             if table is not None:
                 nn.init.normal_(table, std=d_head**-0.5)
-        self._indices = ShapeCache(_CACHE_ELEMENTS)
+        self._indices = ShapeCache()
 
     def bucket_index(self, q_start: int, q_len: int, k_len: int, device: torch.device) -> Tensor:
         """r(i, j) = clip(j - i, -k, k) + k for queries q_start.. and keys 0..; `(Nq, Nk)` long."""

@@ -23,10 +23,6 @@ from nmt.encodings.base import (
 )
 from nmt.errors import ConfigError
 
-# Elements of the cos / sin tables a module keeps (one (2, N, d/2) table per length and
-# scale met): every length of ordinary sentences, while very long inputs do not stay.
-_CACHE_ELEMENTS = 1 << 22
-
 SCALINGS = ("none", "linear", "ntk", "dynamic_linear", "dynamic_ntk")
 
 
@@ -68,7 +64,7 @@ class RotaryPositions(AttentionPositions):
             raise ConfigError(f"rotary scaling {scaling!r} needs train_len >= 1, got {train_len}")
         self.d_head, self.base, self.scaling, self.factor = d_head, base, scaling, factor
         self.train_len = train_len
-        self._cos_sin = ShapeCache(_CACHE_ELEMENTS)
+        self._cos_sin = ShapeCache()
 
     @property
     def length_dependent(self) -> bool:

@@ -35,10 +35,6 @@ from nmt.encodings.base import (
 )
 from nmt.errors import ConfigError
 
-# Elements of the bucket indices a module keeps (32 MiB of int64): enough for every layer and
-# beam step of ordinary sentences, while a very long input does not stay in memory.
-_CACHE_ELEMENTS = 1 << 22
-
 
 @dataclass
 class T5Options:
@@ -86,7 +82,7 @@ class T5RelativeBias(AttentionPositions):
         # Normal with std d_model^-0.5, as the Hugging Face T5 port initialises it: small next
         # to the content logits at the start, different per head and bucket.
         nn.init.normal_(self.relative_attention_bias.weight, std=std)
-        self._indices = ShapeCache(_CACHE_ELEMENTS)
+        self._indices = ShapeCache()
 
     def extra_repr(self) -> str:
         return (
