@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from nmt.dropout import dropout as apply_dropout
 from nmt.encodings import AttentionPositions
 
 
@@ -148,7 +149,7 @@ class MultiHeadAttention(nn.Module):
             scores = scores.masked_fill_(mask, float("-inf"))
         weights = torch.softmax(scores, dim=-1)
         if dropout > 0.0:
-            weights = F.dropout(weights, p=dropout)
+            weights = apply_dropout(weights, dropout, True)
         out = torch.matmul(weights, v)
         return (
             out + pos.value_term(weights, q_start)

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from nmt.attention import KeyValueCache, MultiHeadAttention
 from nmt.config import validate
+from nmt.dropout import dropout as apply_dropout
 from nmt.encodings import (
     AttentionPositions,
     AttentionShape,
@@ -34,7 +35,7 @@ class FeedForward(nn.Module):
             nn.init.zeros_(fc.bias)
 
     def forward(self, x: Tensor) -> Tensor:
-        h = F.dropout(F.relu(self.fc1(x)), self.activation_dropout, self.training)
+        h = apply_dropout(F.relu(self.fc1(x)), self.activation_dropout, self.training)
         return self.fc2(h)
 
 
@@ -48,8 +49,8 @@ class Residual(nn.Module):
 
     def forward(self, x: Tensor, sublayer: Any) -> Tensor:
         if self.pre_norm:
-            return x + F.dropout(sublayer(self.norm(x)), self.dropout, self.training)
-        return self.norm(x + F.dropout(sublayer(x), self.dropout, self.training))
+            return x + apply_dropout(sublayer(self.norm(x)), self.dropout, self.training)
+        return self.norm(x + apply_dropout(sublayer(x), self.dropout, self.training))
 
 
 class EncoderLayer(nn.Module):
@@ -183,7 +184,7 @@ class Transformer(nn.Module):
         x = self.embedding(tokens) * self.embed_scale  # (B, N, D)
         if positions is not None:
             x = positions(x, offset)
-        return F.dropout(x, self.dropout, self.training)
+        return apply_dropout(x, self.dropout, self.training)
 
     @property
     def output_weight(self) -> Tensor:

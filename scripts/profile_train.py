@@ -31,6 +31,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile, record_function
 
 from nmt.config import compose, validate
+from nmt.dropout import PROFILER_RANGE as DROPOUT_RANGE
 from nmt.model import build_model
 from nmt.objective import (
     build_optimization,
@@ -60,7 +61,7 @@ GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("embeddings", ("embedding",)),
     ("dtype casts / copies", ("_to_copy", "copy_", "to", "clone", "contiguous")),
 )
-LOSS_GROUP, MATMUL_GROUP = GROUPS[0][0], GROUPS[1][0]
+LOSS_GROUP, MATMUL_GROUP, DROPOUT_GROUP = GROUPS[0][0], GROUPS[1][0], GROUPS[5][0]
 OPTIMIZER_GROUP = "optimizer (Adam, zero_grad)"
 AUTOGRAD_GROUP = "autograd engine (backward nodes)"
 ELEMENTWISE_GROUP, OVERHEAD = "other element-wise / reductions", "Python / dispatch overhead"
@@ -90,6 +91,8 @@ def op_group(name: str, phase: str | None) -> str:
         return named
     if phase == "loss":
         return LOSS_GROUP
+    if phase == DROPOUT_RANGE:
+        return DROPOUT_GROUP
     if phase == "optimizer":
         return OPTIMIZER_GROUP
     if name.startswith("autograd::") or "Backward" in name:
@@ -99,7 +102,7 @@ def op_group(name: str, phase: str | None) -> str:
 
 def _phase(event) -> str | None:
     while event is not None:
-        if event.name in PHASES:
+        if event.name in PHASES or event.name == DROPOUT_RANGE:
             return event.name
         event = event.cpu_parent
     return None

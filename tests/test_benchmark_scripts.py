@@ -31,6 +31,8 @@ def load_script(name: str):
         ("aten::exp_", "loss", "loss over the vocabulary"),
         ("aten::native_layer_norm_backward", "backward", "layer norm"),
         ("aten::bernoulli_", "forward", "dropout"),
+        ("aten::random_", "dropout", "dropout"),  # inside nmt.dropout's profiler range
+        ("aten::clamp_", "dropout", "dropout"),
         ("aten::_softmax", "forward", "attention softmax / masks"),
         ("aten::masked_fill", "forward", "attention softmax / masks"),
         ("aten::scatter_add", "forward", "position terms (gather / scatter)"),
