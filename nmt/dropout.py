@@ -1,11 +1,11 @@
-"""Dropout whose CPU mask costs a third of `torch.bernoulli_`'s.
+"""Dropout whose CPU mask costs a fraction of `torch.bernoulli_`'s.
 
 On the CPU, `F.dropout` draws one Bernoulli sample per element: about 6 ns each, the
 costliest single operator of a bf16 training step (docs/benchmarks.md, "Where a training
-step's time goes"). `dropout` here draws 64-bit words from the same seeded generator and
-uses each as three independent 16-bit uniforms, so one generator call serves three
-elements. The drop probability is quantised to a multiple of 2**-16 (0.1 becomes
-6554 / 65536 = 0.100006) and the kept elements are scaled by the exact inverse of the
+step's time goes"). `dropout` here draws 64-bit integers from the same seeded generator
+and uses each as four 16-bit words, one per element, so one generator call serves four
+elements. The drop probability is quantised to a multiple of 2**-15 (0.1 becomes
+3277 / 32768 = 0.100006) and the kept elements are scaled by the exact inverse of the
 quantised keep probability, so the output's expectation equals the input's exactly.
 CUDA, MPS and compiled graphs keep `F.dropout`: their kernels already fuse the mask.
 """
@@ -18,33 +18,42 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-WORD_BITS = 16
-WORD_LEVELS = 1 << WORD_BITS
-# `random_()` on int64 fills the low 63 bits; of the four 16-bit words in each value, the
-# most significant one has a constant top bit and is not used.
-WORDS_PER_DRAW = 3
+# Drop probabilities are multiples of 1 / DROP_LEVELS.
+DROP_LEVELS = 1 << 15
+WORDS_PER_DRAW = 4  # 16-bit words in one int64
 # The profiler range around the CPU mask: a step profile counts what runs in it as dropout.
 PROFILER_RANGE = "dropout"
-_USED_WORDS = slice(0, WORDS_PER_DRAW) if sys.byteorder == "little" else slice(1, None)
+# `random_()` on int64 fills the low 63 bits uniformly. Read as signed 16-bit words, the
+# three low words are uniform on [-2**15, 2**15) and the top one on [0, 2**15).
+_TOP_WORD = WORDS_PER_DRAW - 1 if sys.byteorder == "little" else 0
 
 
 def quantised_drop_probability(p: float) -> float:
-    """The drop probability `dropout` applies for `p`: `p` rounded to a multiple of 2**-16."""
-    return round(p * WORD_LEVELS) / WORD_LEVELS
+    """The drop probability `dropout` applies for `p`: `p` rounded to a multiple of 2**-15."""
+    return round(p * DROP_LEVELS) / DROP_LEVELS
+
+
+def _drop_below(levels: int) -> Tensor:
+    """Per word of a draw, the value below which the word drops with probability
+    levels / 2**15: for a full word, twice the levels from its minimum; for the top word,
+    the levels themselves."""
+    full = 2 * levels - DROP_LEVELS
+    return torch.tensor(
+        [levels if i == _TOP_WORD else full for i in range(WORDS_PER_DRAW)],
+        dtype=torch.float32,
+    )
 
 
 def keep_multiplier(shape: torch.Size, p: float, dtype: torch.dtype) -> Tensor:
     """A CPU tensor of `shape`: 0 where an element drops, 1 / (1 - p') where it stays."""
     n = shape.numel()
-    drop_levels = round(p * WORD_LEVELS)
+    levels = round(p * DROP_LEVELS)
     draws = torch.empty(-(-n // WORDS_PER_DRAW), dtype=torch.int64).random_()
-    words = draws.view(torch.int16).view(-1, 4)[:, _USED_WORDS]  # (n / 3, 3), strided
-    # A word w (signed, uniform on [-2**15, 2**15)) stays iff w >= drop_levels - 2**15.
-    # In float32 the words are exact integers, so (w - threshold + 1) clamped to [0, 1] is
+    words = draws.view(torch.int16).view(-1, WORDS_PER_DRAW).to(torch.float32)  # (n / 4, 4)
+    # The words are exact integers in float32, so (w - threshold + 1) clamped to [0, 1] is
     # the 0/1 keep indicator, computed without a bool tensor (whose kernels are scalar).
-    threshold = drop_levels - WORD_LEVELS // 2
-    keep = words.to(torch.float32).sub_(threshold - 1).clamp_(0.0, 1.0)
-    keep.mul_(WORD_LEVELS / (WORD_LEVELS - drop_levels))
+    keep = words.sub_(_drop_below(levels) - 1.0).clamp_(0.0, 1.0)
+    keep.mul_(DROP_LEVELS / (DROP_LEVELS - levels))
     return keep.view(-1)[:n].view(shape).to(dtype)
 
 

@@ -8,8 +8,10 @@ import math
 import pytest
 import torch
 
+from nmt.config import compose
 from nmt.data import PAD
-from nmt.objective import label_smoothed_loss, projected_label_smoothed_loss
+from nmt.model import build_model
+from nmt.objective import build_optimization, label_smoothed_loss, projected_label_smoothed_loss
 
 
 def test_label_smoothing_follows_its_definition() -> None:
@@ -75,3 +77,46 @@ def test_a_chunk_below_one_is_refused() -> None:
     states, weight, target = random_problem()
     with pytest.raises(ValueError, match="chunk_rows=0"):
         projected_label_smoothed_loss(states, weight, target, 0.1, 0)
+
+
+def assert_same_parameters(a: torch.nn.Module, b: torch.nn.Module) -> None:
+    for p, q in zip(a.parameters(), b.parameters(), strict=True):
+        # The key projection's bias has a gradient of rounding noise (softmax ignores a
+        # constant per query), which Adam's division by sqrt(v) + 1e-9 amplifies.
+        if p.grad.abs().max() > 1e-6:
+            torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+
+
+def test_fused_adam_steps_as_the_unfused_one_and_takes_over_its_state() -> None:
+    """The trainer's Adam is torch's fused kernel on the CPU: the same updates as the
+    per-parameter loop, and it resumes from a checkpoint the loop wrote."""
+    cfg = compose(["model=tiny", "encoding=relative", "model.dropout=0.0"])
+    torch.manual_seed(0)
+    fused_model = build_model(cfg, 40)
+    loop_model = build_model(cfg, 40)
+    loop_model.load_state_dict(fused_model.state_dict())
+    fused, _, _ = build_optimization(fused_model, cfg, torch.device("cpu"), "fp32")
+    # The scheduler has already set the first step's learning rate in the fused group.
+    settings = {
+        k: v
+        for k, v in fused.param_groups[0].items()
+        if k in ("lr", "betas", "eps", "weight_decay")
+    }
+    loop = torch.optim.Adam(loop_model.parameters(), **{**settings, "foreach": False})
+    assert fused.defaults["fused"] and not loop.defaults["fused"]
+    src, tgt = torch.randint(4, 40, (3, 7)), torch.randint(4, 40, (3, 6))
+
+    def step(model, optimizer) -> None:
+        optimizer.zero_grad()
+        model(src, tgt).float().logsumexp(-1).mean().backward()
+        optimizer.step()
+
+    for _ in range(3):
+        step(fused_model, fused)
+        step(loop_model, loop)
+    assert_same_parameters(fused_model, loop_model)
+    resumed, _, _ = build_optimization(loop_model, cfg, torch.device("cpu"), "fp32")
+    resumed.load_state_dict(loop.state_dict())
+    step(loop_model, resumed)
+    step(fused_model, fused)
+    assert_same_parameters(fused_model, loop_model)
