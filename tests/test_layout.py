@@ -79,3 +79,16 @@ def test_every_subpackage_is_installed() -> None:
         ".".join(p.parent.relative_to(PACKAGE.parent).parts) for p in PACKAGE.rglob("__init__.py")
     }
     assert found <= listed, f"not in pyproject.toml's packages: {sorted(found - listed)}"
+
+
+def test_every_config_group_directory_is_shipped() -> None:
+    """conf/ installs as `nmt.conf`; a config group directory missing from pyproject.toml's
+    packages would be left out of a regular install, and setuptools warns about it."""
+    tomllib = pytest.importorskip("tomllib")
+    pyproject = tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text())
+    listed = set(pyproject["tool"]["setuptools"]["packages"])
+    conf = PACKAGE.parent / "conf"
+    groups = {
+        ".".join(("nmt", "conf", *p.parent.relative_to(conf).parts)) for p in conf.rglob("*.yaml")
+    }
+    assert groups <= listed, f"not in pyproject.toml's packages: {sorted(groups - listed)}"
