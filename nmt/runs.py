@@ -51,6 +51,10 @@ def _run_config(run_dir: Path, results: dict[str, Any] | None) -> dict[str, Any]
             "seed": results.get("seed"),
             "experiment": results.get("experiment"),
         }
+        # Records older than "language_pair" carry the pair in their settings; the rest of
+        # the settings stays out (machine paths there are hashed and would split rows).
+        settings = results.get("settings") or {}
+        config.update({key: settings[key] for key in ("data.src", "data.tgt") if key in settings})
         options = {o for m in all_methods() for o in m.option_names}
         for key, value in results.items():
             if key in options:

@@ -131,6 +131,20 @@ def test_every_row_names_its_language_pair(tmp_path) -> None:
     assert "| multi30k en-fr |" in (tmp_path / "r" / "report.md").read_text()
 
 
+def test_a_record_older_than_its_language_pair_takes_it_from_its_settings(tmp_path) -> None:
+    """results.json files written before "language_pair" keep the pair in "settings" (with
+    machine paths hashed): the pair joins the row of today's runs, the paths do not."""
+    fake_run(tmp_path, "new", 16, 1, 39.0, data="multi30k", pair=("en", "de"))
+    old = tmp_path / "old"
+    old.mkdir()
+    settings = {"data.src": "en", "data.tgt": "de", "data.root": "sha256:0123abcd"}
+    record = {"data": "multi30k", "encoding": "relative", "k": 16, "seed": 2, "model": "tiny"}
+    record |= {"test": {"bleu": 41.0}, "settings": settings}
+    (old / "results.json").write_text(json.dumps(record))
+    rows = report([tmp_path], tmp_path / "r")["rows"]
+    assert [(row["data"], row["seeds"]) for row in rows] == [("multi30k en-de", [1, 2])]
+
+
 def test_measures_missing_from_a_results_record_are_none() -> None:
     got = measures({"test": {"bleu": 30.0}, "valid": None, "steps": 100})
     assert list(got) == list(MEASURES)
