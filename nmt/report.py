@@ -206,6 +206,30 @@ def plot_by_length(rows: list[dict[str, Any]], keys: list[str], path: Path) -> b
     return True
 
 
+def plot_bleu_by_row(rows: list[dict[str, Any]], keys: list[str], path: Path) -> bool:
+    """Test and validation BLEU of every row, mean with the seed standard deviation as error
+    bars: the table's rows side by side (Table 1's encodings)."""
+    rows = [r for r in rows if r["test_bleu"] is not None]
+    if len(rows) < 2:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(rows)), 4))
+    xs = list(range(len(rows)))
+    for measure, style, shift in (("test_bleu", "o", -0.1), ("valid_bleu", "s", 0.1)):
+        ys = [r[measure] if r[measure] is not None else math.nan for r in rows]
+        errs = [r[f"{measure}_std"] or 0.0 for r in rows]
+        label = measure.split("_")[0] + " (mean ± std over seeds)"
+        ax.errorbar([x + shift for x in xs], ys, yerr=errs, fmt=style, capsize=3, label=label)
+    ax.set_xticks(xs)
+    ax.set_xticklabels([_label(r, keys) for r in rows], rotation=30, ha="right", fontsize=8)
+    _save(fig, ax, path, "", "BLEU")
+    return True
+
+
 def report(paths: list[Path], out_dir: Path) -> dict[str, Any]:
     """Write report.md, report.csv and the plots to `out_dir`; return what was written."""
     runs = find_runs(paths)
@@ -224,6 +248,8 @@ def report(paths: list[Path], out_dir: Path) -> dict[str, Any]:
             written["bleu_vs_k"] = out_dir / "bleu_vs_k.png"
         if plot_by_length(rows, keys, out_dir / "bleu_by_length.png"):
             written["bleu_by_length"] = out_dir / "bleu_by_length.png"
+        if plot_bleu_by_row(rows, keys, out_dir / "bleu_by_row.png"):
+            written["bleu_by_row"] = out_dir / "bleu_by_row.png"
     except ImportError:
         print(
             "nmt-report: matplotlib is not installed (pip install -e '.[plot]'): no plots",

@@ -84,6 +84,8 @@ def test_report_rows_are_the_swept_values_averaged_over_seeds(tmp_path) -> None:
     assert len(csv_lines) == 4 and csv_lines[0].startswith("data,encoding.k,runs,seeds")
     assert (tmp_path / "report" / "bleu_vs_k.png").stat().st_size > 1000
     assert (tmp_path / "report" / "bleu_by_length.png").stat().st_size > 1000
+    assert (tmp_path / "report" / "bleu_by_row.png").stat().st_size > 1000
+    assert sorted(out["files"]) == ["bleu_by_length", "bleu_by_row", "bleu_vs_k", "csv", "markdown"]
 
 
 def test_a_config_key_newer_than_some_runs_is_not_a_variable(tmp_path) -> None:
