@@ -1,4 +1,5 @@
-"""Shared fixtures: where the corpora beside the project are, and a small composed config."""
+"""Shared fixtures: where the corpora beside the project are, the toy data and a tiny
+random-weight checkpoint of it (the CLI tests)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_checkpoint import make_checkpoint
+
+from nmt.config import compose
+from nmt.data import prepare_data
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -46,3 +51,17 @@ def wmt14_dir() -> Path:
 def _seed_and_threads():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    """(prepared toy data, its config) with a small training split, cached in a temp dir."""
+    cache = tmp_path_factory.mktemp("cache")
+    cfg = compose([f"data.cache_dir={cache}", "data.toy.train_size=2000", "data.toy.test_size=40"])
+    return prepare_data(cfg.data), cfg
+
+
+@pytest.fixture(scope="module")
+def ckpt(toy, tmp_path_factory) -> Path:
+    data, cfg = toy
+    return make_checkpoint(tmp_path_factory.mktemp("run") / "checkpoint_best.pt", cfg, data.vocab)
