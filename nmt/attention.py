@@ -79,16 +79,6 @@ class MultiHeadAttention(nn.Module):
         B, N, _ = x.shape
         return x.view(B, N, self.heads, self.d_head).transpose(1, 2)  # (B, H, N, d)
 
-    def _project(self, x: Tensor, *projections: nn.Linear) -> tuple[Tensor, ...]:
-        """x `(B, N, D)` through several projections as one matmul, split into heads.
-
-        One `(D, n D)` product instead of n: under autocast the input is cast to bf16 once,
-        not once per projection, and its gradient sums inside the matmul in float32.
-        """
-        weight = torch.cat([p.weight for p in projections])  # (n D, D)
-        bias = torch.cat([p.bias for p in projections])
-        return tuple(self._split(y) for y in F.linear(x, weight, bias).chunk(len(projections), -1))
-
     def forward(
         self,
         query: Tensor,
@@ -103,25 +93,21 @@ class MultiHeadAttention(nn.Module):
         With a cache, self-attention appends the new keys; cross-attention projects the
         memory once and reuses it.
         """
+        q = self._split(self.q_proj(query))  # (B, H, Nq, d)
         q_start = 0
         if memory is None:  # self-attention
-            if cache is None:  # a whole sequence (training, scoring)
-                q, k, v = self._project(query, self.q_proj, self.k_proj, self.v_proj)
-            else:  # one decoding step: too small for the weight concatenation to pay
-                q_start = cache.length
-                q, k, v = (self._split(p(query)) for p in (self.q_proj, self.k_proj, self.v_proj))
+            q_start = cache.length if cache is not None else 0
+            k, v = self._split(self.k_proj(query)), self._split(self.v_proj(query))
             if self.positions is not None:
                 q, k, v = self.positions.positioned(q, k, v, q_start, cache, key_padding_mask)
             elif cache is not None:
                 k, v = cache.append(k, v)
+        elif cache is not None and cache.keys is not None:
+            k, v = cache.keys, cache.values  # type: ignore[assignment]
         else:
-            q = self._split(self.q_proj(query))  # (B, H, Nq, d)
-            if cache is not None and cache.keys is not None:
-                k, v = cache.keys, cache.values  # type: ignore[assignment]
-            else:
-                k, v = self._project(memory, self.k_proj, self.v_proj)
-                if cache is not None:
-                    cache.append(k, v)
+            k, v = self._split(self.k_proj(memory)), self._split(self.v_proj(memory))
+            if cache is not None:
+                cache.append(k, v)
 
         out = self._attend(q, k, v, q_start, key_padding_mask, causal)  # (B, H, Nq, d)
         B, _, Nq, _ = out.shape
