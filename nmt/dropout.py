@@ -49,16 +49,19 @@ def keep_multiplier(shape: torch.Size, p: float, dtype: torch.dtype) -> Tensor:
     n = shape.numel()
     levels = round(p * DROP_LEVELS)
     draws = torch.empty(-(-n // WORDS_PER_DRAW), dtype=torch.int64).random_()
-    words = draws.view(torch.int16).view(-1, WORDS_PER_DRAW).to(torch.float32)  # (n / 4, 4)
+    work = torch.float64 if dtype == torch.float64 else torch.float32  # the scale's precision
+    words = draws.view(torch.int16).view(-1, WORDS_PER_DRAW).to(work)  # (n / 4, 4)
     # The words are exact integers in float32, so (w - threshold + 1) clamped to [0, 1] is
     # the 0/1 keep indicator, computed without a bool tensor (whose kernels are scalar).
-    keep = words.sub_(_drop_below(levels) - 1.0).clamp_(0.0, 1.0)
+    keep = words.sub_(_drop_below(levels).to(work) - 1.0).clamp_(0.0, 1.0)
     keep.mul_(DROP_LEVELS / (DROP_LEVELS - levels))
     return keep.view(-1)[:n].view(shape).to(dtype)
 
 
 def dropout(x: Tensor, p: float, training: bool) -> Tensor:
     """`F.dropout(x, p, training)`, with the cheaper mask on the CPU in eager mode."""
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"dropout probability has to be between 0 and 1, but got {p}")
     if not training or p == 0.0:
         return x
     cheap = x.device.type == "cpu" and quantised_drop_probability(p) < 1.0

@@ -44,6 +44,22 @@ def build_optimization(
     return optimizer, scheduler, scaler
 
 
+def load_optimizer_state(optimizer: torch.optim.Optimizer, saved: dict[str, Any]) -> None:
+    """`optimizer.load_state_dict(saved)`, keeping this optimizer's kernel choice.
+
+    `load_state_dict` takes every param-group setting from the saved state, "fused" and
+    "foreach" included: a checkpoint written before Adam was fused would resume unfused
+    (and raise under a gradient scaler, which only the fused kernel takes), and fused
+    kernels need their step counts on the parameters' device, which loading arranges only
+    when the saved group says fused.
+    """
+    kernel = {
+        key: optimizer.defaults[key] for key in ("fused", "foreach") if key in optimizer.defaults
+    }
+    groups = [{**group, **kernel} for group in saved["param_groups"]]
+    optimizer.load_state_dict({**saved, "param_groups": groups})
+
+
 def label_smoothed_loss(
     logits: torch.Tensor, target: torch.Tensor, eps: float
 ) -> tuple[torch.Tensor, torch.Tensor]:

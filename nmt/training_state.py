@@ -27,6 +27,7 @@ from nmt.checkpoint import (
 )
 from nmt.config import to_container
 from nmt.errors import CheckpointError, ConfigError, TrainingError
+from nmt.objective import load_optimizer_state
 
 # Training's messages keep the command's logger name, whichever module emits them.
 log = logging.getLogger("nmt.train")
@@ -140,7 +141,7 @@ def resume(path: Path, parts: RunParts, rank: int, world_size: int) -> None:
             f"settings"
         )
     parts.model.load_state_dict(state["model"])
-    parts.optimizer.load_state_dict(state["optimizer"])
+    load_optimizer_state(parts.optimizer, state["optimizer"])
     parts.scheduler.load_state_dict(state["scheduler"])
     parts.scaler.load_state_dict(state["scaler"])
     per_rank = state.get("rng_per_rank") or [state["rng"]]

@@ -53,7 +53,7 @@ def _seed_and_threads():
     yield
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def toy(tmp_path_factory):
     """(prepared toy data, its config) with a small training split, cached in a temp dir."""
     cache = tmp_path_factory.mktemp("cache")
@@ -61,7 +61,7 @@ def toy(tmp_path_factory):
     return prepare_data(cfg.data), cfg
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def ckpt(toy, tmp_path_factory) -> Path:
     data, cfg = toy
     return make_checkpoint(tmp_path_factory.mktemp("run") / "checkpoint_best.pt", cfg, data.vocab)

@@ -37,7 +37,7 @@ def test_neighbouring_elements_drop_independently() -> None:
     y = dropout(torch.ones(N - 1), p, True).view(-1, 4) == 0  # (draws, words of a draw)
     for column in range(4):
         assert _sigmas(int(y[:, column].sum()), y.shape[0], p) < 5
-    for a, b in [(0, 1), (1, 2), (2, 3), (0, 3)]:
+    for a, b in [(0, 1), (1, 2), (2, 3), (0, 2), (1, 3), (0, 3)]:
         assert _sigmas(int((y[:, a] & y[:, b]).sum()), y.shape[0], p * p) < 5
     across = y[:-1, 3] & y[1:, 0]  # the last word of one draw, the first of the next
     assert _sigmas(int(across.sum()), across.numel(), p * p) < 5
@@ -52,7 +52,7 @@ def test_a_seed_fixes_the_mask_and_successive_calls_differ() -> None:
     assert not torch.equal(a, b)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
 def test_keeps_the_dtype_and_the_gradient_is_the_mask(dtype: torch.dtype) -> None:
     x = torch.randn(64, 33, dtype=dtype, requires_grad=True)
     y = dropout(x, 0.25, True)
@@ -75,3 +75,10 @@ def test_probabilities_that_round_to_one_fall_back_to_torch() -> None:
     torch.manual_seed(0)
     assert torch.equal(dropout(x, 1.0 - 2.0**-20, True), expected)
     assert torch.equal(dropout(x, 1.0, True), torch.zeros_like(x))
+
+
+def test_a_probability_outside_zero_to_one_is_refused() -> None:
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        dropout(torch.ones(3), -0.1, True)
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        dropout(torch.ones(3), 1.5, False)

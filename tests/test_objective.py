@@ -11,7 +11,12 @@ import torch
 from nmt.config import compose
 from nmt.data import PAD
 from nmt.model import build_model
-from nmt.objective import build_optimization, label_smoothed_loss, projected_label_smoothed_loss
+from nmt.objective import (
+    build_optimization,
+    label_smoothed_loss,
+    load_optimizer_state,
+    projected_label_smoothed_loss,
+)
 
 
 def test_label_smoothing_follows_its_definition() -> None:
@@ -116,7 +121,28 @@ def test_fused_adam_steps_as_the_unfused_one_and_takes_over_its_state() -> None:
         step(loop_model, loop)
     assert_same_parameters(fused_model, loop_model)
     resumed, _, _ = build_optimization(loop_model, cfg, torch.device("cpu"), "fp32")
-    resumed.load_state_dict(loop.state_dict())
+    load_optimizer_state(resumed, loop.state_dict())
+    assert resumed.param_groups[0]["fused"]  # the loop's saved groups say fused=None
     step(loop_model, resumed)
     step(fused_model, fused)
     assert_same_parameters(fused_model, loop_model)
+
+
+def test_an_unfused_optimizer_state_resumes_under_a_gradient_scaler() -> None:
+    """fp16 steps through GradScaler, which hands the optimizer its scale: only the fused
+    kernel takes it. A state saved by the unfused loop must resume fused, not raise."""
+    cfg = compose(["model=tiny", "encoding=absolute", "model.dropout=0.0"])
+    model = build_model(cfg, 40)
+    old = torch.optim.Adam(model.parameters(), lr=1e-4)
+    model(torch.randint(4, 40, (2, 5)), torch.randint(4, 40, (2, 4))).sum().backward()
+    old.step()
+    optimizer, _, scaler = build_optimization(model, cfg, torch.device("cpu"), "fp16")
+    load_optimizer_state(optimizer, old.state_dict())
+    assert scaler.is_enabled() and optimizer.param_groups[0]["fused"]
+    optimizer.zero_grad()
+    with torch.autocast("cpu", dtype=torch.float16):
+        loss = model(torch.randint(4, 40, (2, 5)), torch.randint(4, 40, (2, 4))).float().sum()
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    assert all(torch.isfinite(p).all() for p in model.parameters())
