@@ -12,6 +12,7 @@ CUDA, MPS and compiled graphs keep `F.dropout`: their kernels already fuse the m
 
 from __future__ import annotations
 
+import functools
 import sys
 
 import torch
@@ -33,15 +34,15 @@ def quantised_drop_probability(p: float) -> float:
     return round(p * DROP_LEVELS) / DROP_LEVELS
 
 
-def _drop_below(levels: int) -> Tensor:
-    """Per word of a draw, the value below which the word drops with probability
-    levels / 2**15: for a full word, twice the levels from its minimum; for the top word,
-    the levels themselves."""
+@functools.lru_cache(maxsize=16)
+def _drop_below_minus_one(levels: int, dtype: torch.dtype) -> Tensor:
+    """Per word of a draw, one less than the value below which the word drops with
+    probability levels / 2**15: for a full word, twice the levels from its minimum; for the
+    top word, the levels themselves. Built once per probability, not per call (it is only
+    ever read)."""
     full = 2 * levels - DROP_LEVELS
-    return torch.tensor(
-        [levels if i == _TOP_WORD else full for i in range(WORDS_PER_DRAW)],
-        dtype=torch.float32,
-    )
+    below = [levels if i == _TOP_WORD else full for i in range(WORDS_PER_DRAW)]
+    return torch.tensor(below, dtype=dtype) - 1.0
 
 
 def keep_multiplier(shape: torch.Size, p: float, dtype: torch.dtype) -> Tensor:
@@ -53,7 +54,7 @@ def keep_multiplier(shape: torch.Size, p: float, dtype: torch.dtype) -> Tensor:
     words = draws.view(torch.int16).view(-1, WORDS_PER_DRAW).to(work)  # (n / 4, 4)
     # The words are exact integers in float32, so (w - threshold + 1) clamped to [0, 1] is
     # the 0/1 keep indicator, computed without a bool tensor (whose kernels are scalar).
-    keep = words.sub_(_drop_below(levels).to(work) - 1.0).clamp_(0.0, 1.0)
+    keep = words.sub_(_drop_below_minus_one(levels, work)).clamp_(0.0, 1.0)
     keep.mul_(DROP_LEVELS / (DROP_LEVELS - levels))
     return keep.view(-1)[:n].view(shape).to(dtype)
 

@@ -50,6 +50,7 @@ from nmt.throughput import CORPORA, benchmark_batches
 # Phases of a step, as record_function ranges: an operator inside "loss" or "optimizer" is
 # counted there whatever it is (the loss's gather is not a position term).
 PHASES = ("forward", "loss", "backward", "optimizer")
+RANGES = (*PHASES, DROPOUT_RANGE)  # every record_function range an operator is counted by
 # Operator name fragments -> group, first match wins; names are aten ops without "aten::".
 GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("loss over the vocabulary", ("log_softmax", "nll_loss", "cross_entropy")),
@@ -102,7 +103,7 @@ def op_group(name: str, phase: str | None) -> str:
 
 def _phase(event) -> str | None:
     while event is not None:
-        if event.name in PHASES or event.name == DROPOUT_RANGE:
+        if event.name in RANGES:
             return event.name
         event = event.cpu_parent
     return None
@@ -155,8 +156,7 @@ def profile_steps(cfg, batches, vocab_size: int, precision: str, args, device) -
     by_op: dict[str, float] = defaultdict(float)
     for event in prof.events():
         # A range's own time is Python between its operators: the overhead row counts it.
-        skip = event.name in PHASES or event.name == DROPOUT_RANGE
-        if skip or event.device_type != torch.autograd.DeviceType.CPU:
+        if event.name in RANGES or event.device_type != torch.autograd.DeviceType.CPU:
             continue
         self_us = event.self_cpu_time_total
         if self_us <= 0:
