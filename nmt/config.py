@@ -104,6 +104,9 @@ class DataConfig:
 @dataclass
 class TrainConfig:
     max_tokens: int = 4096  # per batch, source + target padded positions (paper: 4096 per GPU)
+    # Pad batch lengths up to a multiple of this: fewer distinct shapes, so bf16 on the CPU
+    # reuses its oneDNN kernels (kernel_cache_entries) at the cost of more padding.
+    length_multiple: int = 1
     update_freq: int = 1  # gradient accumulation: batches per optimizer step
     max_steps: int = 100_000  # 0: no step budget (then max_epochs must be set)
     max_epochs: int = 0  # 0: no epoch budget
@@ -210,12 +213,16 @@ def validate(cfg: Any) -> None:
     if "decode" in cfg:
         _validate_decode(cfg.decode)
     limit = position_limit(enc)
-    if "data" in cfg and limit is not None and cfg.data.max_len + 2 > limit:
-        raise ConfigError(
-            f"encoding.input={enc.input} has a table of {limit} positions but "
-            f"data.max_len={cfg.data.max_len} allows longer training sentences; raise "
-            f"encoding.max_len to at least {cfg.data.max_len + 2}"
-        )
+    if "data" in cfg and limit is not None:
+        multiple = cfg.train.length_multiple if "train" in cfg else 1
+        longest = max(cfg.data.max_len + 2, -(-(cfg.data.max_len + 1) // multiple) * multiple)
+        if longest > limit:
+            raise ConfigError(
+                f"encoding.input={enc.input} has a table of {limit} positions but "
+                f"data.max_len={cfg.data.max_len} (padded to a multiple of train.length_multiple"
+                f"={multiple}) allows longer training sentences; raise encoding.max_len to at "
+                f"least {longest}"
+            )
 
 
 def validate_data(data: Any) -> None:
@@ -287,6 +294,7 @@ def _validate_train(train: Any) -> None:
         )
     for name in (
         "max_tokens",
+        "length_multiple",
         "update_freq",
         "warmup_steps",
         "log_every",

@@ -20,10 +20,18 @@ class TrainBatches:
     """Every rank's token-budget batches of each epoch of a training split."""
 
     def __init__(
-        self, split: EncodedSplit, max_tokens: int, *, seed: int, rank: int, world_size: int
+        self,
+        split: EncodedSplit,
+        max_tokens: int,
+        *,
+        seed: int,
+        rank: int,
+        world_size: int,
+        length_multiple: int = 1,
     ) -> None:
         self.split, self.max_tokens, self.seed = split, max_tokens, seed
         self.rank, self.world_size = rank, world_size
+        self.length_multiple = length_multiple
         self._shares: dict[int, list[list[list[int]]]] = {}  # epoch -> every rank's batches
 
     def shares(self, epoch: int) -> list[list[list[int]]]:
@@ -42,6 +50,7 @@ class TrainBatches:
                     shuffle=True,
                     rank=r,
                     world_size=self.world_size,
+                    length_multiple=self.length_multiple,
                 )
                 for r in range(self.world_size)
             ]

@@ -81,6 +81,7 @@ class Trainer:
             seed=cfg.seed,
             rank=self.rt.rank,
             world_size=self.rt.world_size,
+            length_multiple=t.length_multiple,
         )
         self._maybe_resume()
         if self.rt.is_main and (self.run_dir / "results.json").exists():
@@ -154,7 +155,8 @@ class Trainer:
         step_loss = torch.zeros((), device=rt.device)
         step_nll = torch.zeros((), device=rt.device)
         for n, (_, _, indices) in enumerate(batches):
-            batch = collate(self.train_split, indices).to(rt.device)
+            batch = collate(self.train_split, indices, length_multiple=t.length_multiple)
+            batch = batch.to(rt.device)
             # DDP all-reduces gradients only on the step's last batch.
             accumulate = rt.world_size > 1 and n < len(batches) - 1
             with self.ddp_model.no_sync() if accumulate else contextlib.nullcontext():

@@ -37,8 +37,8 @@ def batches_of(split, max_tokens=1000, **kw):
     return split_batches(split, max_tokens, **kw)
 
 
-def padded_positions(split, idx) -> int:
-    b = collate(split, idx)
+def padded_positions(split, idx, length_multiple: int = 1) -> int:
+    b = collate(split, idx, length_multiple=length_multiple)
     return b.src.numel() + b.tgt_in.numel()
 
 
@@ -54,6 +54,39 @@ def test_every_batch_within_budget_counting_padded_positions(split):
     assert raw == batches
     # the greedy filling uses the budget: most batches are more than 3/4 full
     assert np.median(costs) > 0.75 * max_tokens
+
+
+@pytest.mark.parametrize("multiple", [8, 16])
+def test_rounded_lengths_keep_the_budget_and_cut_the_shapes(split, multiple):
+    """With train.length_multiple the budget counts the rounded lengths collate pads to, so
+    it still holds; and far fewer distinct shapes recur (what lets a kernel cache hit)."""
+    max_tokens = 700
+    shapes = {1: set(), multiple: set()}
+    for m in shapes:
+        for epoch in range(3):
+            for idx in batches_of(split, max_tokens, epoch=epoch, length_multiple=m):
+                b = collate(split, idx, length_multiple=m)
+                assert b.src.shape[1] % m == 0 and b.tgt_in.shape[1] % m == 0
+                assert b.src.numel() + b.tgt_in.numel() <= max_tokens or len(idx) == 1
+                shapes[m].add((*b.src.shape, b.tgt_in.shape[1]))
+    assert len(shapes[multiple]) < len(shapes[1]) / 2
+    rounded = batches_of(split, max_tokens, length_multiple=multiple)
+    every = sorted(i for idx in rounded for i in idx)
+    assert every == list(range(len(split)))
+
+
+def test_rounded_collate_only_adds_padding():
+    split = EncodedSplit(
+        "tiny",
+        RaggedIds.from_lists([[5, 6, 7], [8]], append=EOS),
+        RaggedIds.from_lists([[9, 10], []]),
+    )
+    plain, rounded = collate(split, [0, 1]), collate(split, [0, 1], length_multiple=8)
+    assert rounded.src.shape == rounded.tgt_in.shape == rounded.tgt_out.shape == (2, 8)
+    for name in ("src", "tgt_in", "tgt_out"):
+        a, b = getattr(plain, name), getattr(rounded, name)
+        assert torch.equal(b[:, : a.shape[1]], a) and (b[:, a.shape[1] :] == PAD).all()
+    assert (rounded.src_tokens, rounded.tgt_tokens) == (plain.src_tokens, plain.tgt_tokens)
 
 
 def test_over_long_pair_gets_its_own_batch():

@@ -33,6 +33,7 @@ def run_train(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
         (["decode.beam=0"], "decode.beam=0 must be >= 1"),
         (["decode.max_len_b=-5"], "decode.max_len_b=-5 must be >= 0"),
         (["train.max_tokens=0"], "train.max_tokens=0 must be >= 1"),
+        (["train.length_multiple=0"], "train.length_multiple=0 must be >= 1"),
         (["encoding.keys=false", "encoding.values=false"], "leave the relative encoding with"),
         (["encoding.name=../../x"], "encoding.name='../../x' is unknown"),
         (["encoding.kk=3"], "Could not override 'encoding.kk'"),
@@ -87,3 +88,13 @@ def test_resume_false_into_another_run_is_refused_before_hydra_writes_there(tmp_
     assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
     assert "holds another run" in out.stderr and "hydra.run.dir=DIR" in out.stderr
     assert (run / ".hydra" / "config.yaml").read_text() == "old: run\n"
+
+
+def test_a_learned_table_must_hold_the_lengths_padded_to_the_multiple() -> None:
+    from nmt.config import ConfigError, compose, validate
+
+    # data.max_len=64: rows of up to 65 positions, 72 once rounded up to a multiple of 8.
+    validate(compose(["encoding=learned", "encoding.max_len=66"]))
+    validate(compose(["encoding=learned", "encoding.max_len=72", "train.length_multiple=8"]))
+    with pytest.raises(ConfigError, match="raise encoding.max_len to at least 72"):
+        validate(compose(["encoding=learned", "encoding.max_len=66", "train.length_multiple=8"]))

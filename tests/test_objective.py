@@ -9,14 +9,16 @@ import pytest
 import torch
 
 from nmt.config import compose
-from nmt.data import PAD
+from nmt.data import EOS, PAD, EncodedSplit, RaggedIds, collate
 from nmt.model import build_model
 from nmt.objective import (
+    batch_loss,
     build_optimization,
     label_smoothed_loss,
     load_optimizer_state,
     projected_label_smoothed_loss,
 )
+from nmt.presets import training_presets
 
 
 def test_label_smoothing_follows_its_definition() -> None:
@@ -146,3 +148,28 @@ def test_an_unfused_optimizer_state_resumes_under_a_gradient_scaler() -> None:
     scaler.step(optimizer)
     scaler.update()
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+@pytest.mark.parametrize("encoding", list(training_presets()))
+def test_padding_lengths_to_a_multiple_leaves_the_loss_unchanged(encoding: str) -> None:
+    """train.length_multiple only adds PAD columns: the loss and gradients are the same."""
+    cfg = compose(["model=tiny", f"encoding={encoding}", "model.dropout=0.0"])
+    # float64 weights; the loss itself is float32 (log_softmax of .float() logits)
+    model = build_model(cfg, vocab_size=40).double().eval()
+    rng = torch.Generator().manual_seed(0)
+    src = [torch.randint(4, 40, (n,), generator=rng).tolist() for n in (5, 11, 3)]
+    tgt = [torch.randint(4, 40, (n,), generator=rng).tolist() for n in (6, 9, 2)]
+    split = EncodedSplit("pairs", RaggedIds.from_lists(src, append=EOS), RaggedIds.from_lists(tgt))
+    results = []
+    for multiple in (1, 8):
+        batch = collate(split, [0, 1, 2], length_multiple=multiple)
+        loss, nll = batch_loss(model, model.output_weight, batch, 0.1, chunk_tokens=4)
+        loss.backward()
+        grads = [p.grad.clone() for p in model.parameters() if p.grad is not None]
+        model.zero_grad(set_to_none=True)
+        results.append((loss.detach(), nll.detach(), grads))
+    (loss1, nll1, grads1), (loss8, nll8, grads8) = results
+    assert torch.allclose(loss8, loss1, rtol=1e-6) and torch.allclose(nll8, nll1, rtol=1e-6)
+    assert len(grads8) == len(grads1)
+    for g8, g1 in zip(grads8, grads1, strict=True):
+        assert torch.allclose(g8, g1, rtol=1e-5, atol=1e-6), encoding

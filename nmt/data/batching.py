@@ -18,6 +18,11 @@ from nmt.data.store import EncodedSplit
 from nmt.data.vocab import BOS, EOS, PAD
 
 
+def round_up(lengths: np.ndarray, multiple: int) -> np.ndarray:
+    """Lengths rounded up to a multiple of `multiple` (1: unchanged)."""
+    return -(-lengths // multiple) * multiple
+
+
 def batch_cost(n: int, max_src: int, max_tgt: int | None) -> int:
     """Padded positions of a batch of n rows: n * (longest source row + longest target row)."""
     return n * (max_src + (max_tgt or 0))
@@ -81,11 +86,13 @@ def split_batches(
     shuffle: bool = True,
     rank: int = 0,
     world_size: int = 1,
+    length_multiple: int = 1,
 ) -> list[list[int]]:
-    """`token_budget_batches` over a split's padded row lengths (source incl. EOS, target + 1)."""
+    """`token_budget_batches` over a split's padded row lengths (source incl. EOS, target + 1),
+    each rounded up to a multiple of `length_multiple`, as `collate` pads them."""
     return token_budget_batches(
-        split.src_lens,
-        split.tgt_lens + 1,
+        round_up(split.src_lens, length_multiple),
+        round_up(split.tgt_lens + 1, length_multiple),
         max_tokens,
         seed=seed,
         epoch=epoch,
@@ -154,14 +161,27 @@ class Batch:
         return Batch(**values)
 
 
-def collate(split: EncodedSplit, indices: Sequence[int], pad_id: int = PAD) -> Batch:
-    """Pad the pairs at `indices` of `split` on the right into a Batch."""
+def collate(
+    split: EncodedSplit, indices: Sequence[int], pad_id: int = PAD, length_multiple: int = 1
+) -> Batch:
+    """Pad the pairs at `indices` of `split` on the right into a Batch, its source and target
+    lengths rounded up to a multiple of `length_multiple`.
+
+    Rounding makes batches share shapes: on the CPU, bf16 matmuls build a oneDNN kernel per
+    shape, and a bounded kernel cache hits only when few shapes recur.
+    """
     indices = [int(i) for i in indices]
     srcs = [split.src[i] for i in indices]
     tgts = [split.tgt[i] for i in indices]
     n = len(indices)
-    src = np.full((n, max((len(s) for s in srcs), default=0)), pad_id, dtype=np.int64)
-    tgt_in = np.full((n, max((len(t) for t in tgts), default=0) + 1), pad_id, dtype=np.int64)
+    src_len, tgt_len = round_up(
+        np.array(
+            [max((len(s) for s in srcs), default=0), max((len(t) for t in tgts), default=0) + 1]
+        ),
+        length_multiple,
+    ).tolist()
+    src = np.full((n, src_len), pad_id, dtype=np.int64)
+    tgt_in = np.full((n, tgt_len), pad_id, dtype=np.int64)
     tgt_out = np.full_like(tgt_in, pad_id)
     for row, (s, t) in enumerate(zip(srcs, tgts, strict=True)):
         src[row, : len(s)] = s
