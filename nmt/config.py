@@ -31,6 +31,9 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 # oneDNN kernels kept per cache, in training and decoding: bf16 matmuls keep one per input
 # shape, gigabytes with variable-length batches; 64 cost no speed on Multi30k.
 KERNEL_CACHE_ENTRIES = 64
+# CPU, glibc: freed blocks up to this many MiB stay in the process, in training and decoding
+# (runtime.keep_freed_cpu_memory): the logits over the vocabulary are tens of MiB a step.
+MALLOC_KEEP_MIB = 2047
 MALLOC_KEEP_MAX_MIB = (2**31 - 1) // 2**20  # mallopt(3) takes the threshold as a C int of bytes
 
 
@@ -125,7 +128,7 @@ class TrainConfig:
     # going back to the OS. The (B*T, V) logits and their gradients are tens of MiB; glibc
     # unmaps such blocks on free, and the next step page-faults them in again, 4 KiB at a
     # time (README, "Training"). 0: glibc's defaults. At most 2047.
-    malloc_keep_mib: int = 2047
+    malloc_keep_mib: int = MALLOC_KEEP_MIB
     # CPU: oneDNN kernels kept per cache (runtime.bound_kernel_caches); 0: the default 1,024
     kernel_cache_entries: int = KERNEL_CACHE_ENTRIES
     # Target positions whose logits the loss computes at a time (with their gradient, in

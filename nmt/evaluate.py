@@ -26,13 +26,13 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from nmt.checkpoint import average_checkpoints, build_from_checkpoint, load_checkpoint
-from nmt.config import EVALUATION_ENCODING_OPTIONS, KERNEL_CACHE_ENTRIES, compose, decode_settings
+from nmt.config import EVALUATION_ENCODING_OPTIONS, compose, decode_settings
 from nmt.data import ROLES
 from nmt.decoding import add_decode_arguments, decode_arguments
 from nmt.errors import TranslateError, UserError
 from nmt.evaluation import evaluate_split, format_summary, load_test_split
 from nmt.metrics import DEFAULT_LENGTH_EDGES
-from nmt.runtime import bound_kernel_caches, resolve_device
+from nmt.runtime import resolve_device, tune_cpu_memory
 from nmt.textio import check_output_dir, one_line, write_error, write_text_atomic
 
 # Overrides nmt-evaluate accepts besides data.*: evaluation-time options of the model.
@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"--max-sentences {args.max_sentences}: give a number >= 1, or 0 for all"
             )
         device = resolve_device(args.device)
-        bound_kernel_caches(KERNEL_CACHE_ENTRIES)  # bf16 decoding meets a shape a step
+        tune_cpu_memory(device)  # as training does: bounded kernel caches, kept blocks
         if len(checkpoints) > 1:
             state = average_checkpoints(checkpoints)
         else:

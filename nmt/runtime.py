@@ -15,7 +15,13 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from nmt.config import DEVICES, MALLOC_KEEP_MAX_MIB, ConfigError
+from nmt.config import (
+    DEVICES,
+    KERNEL_CACHE_ENTRIES,
+    MALLOC_KEEP_MAX_MIB,
+    MALLOC_KEEP_MIB,
+    ConfigError,
+)
 
 # Training's messages keep the command's logger name, whichever module emits them.
 log = logging.getLogger("nmt.train")
@@ -120,6 +126,24 @@ def bound_kernel_caches(entries: int) -> int:
     return entries
 
 
+def tune_cpu_memory(
+    device: torch.device,
+    kernel_cache_entries: int = KERNEL_CACHE_ENTRIES,
+    malloc_keep_mib: int = MALLOC_KEEP_MIB,
+) -> tuple[int, int]:
+    """On the CPU, bound oneDNN's kernel caches and keep freed blocks for reuse, before the
+    first matmul; training and decoding both call it. Returns what `bound_kernel_caches`
+    and `keep_freed_cpu_memory` applied ((0, 0) elsewhere).
+
+    Decoding needs the kept blocks as much as training: every beam step makes the
+    `(rows, V)` logits, their log-probabilities and the candidate scores (tens of MiB each
+    for a few hundred sentences), and without them each is mapped and faulted in afresh.
+    """
+    if device.type != "cpu":
+        return 0, 0
+    return bound_kernel_caches(kernel_cache_entries), keep_freed_cpu_memory(malloc_keep_mib)
+
+
 def synchronize(device: torch.device) -> None:
     """Wait for queued GPU work, so a wall-clock timing covers it (no-op on the CPU)."""
     if device.type == "cuda":
@@ -190,11 +214,10 @@ def init_runtime(cfg: Any) -> Runtime:
         dist.init_process_group(backend=backend, timeout=timedelta(minutes=t.dist_timeout_minutes))
     if t.threads > 0:
         torch.set_num_threads(t.threads)
-    if device.type == "cpu" and bound_kernel_caches(t.kernel_cache_entries):
-        log.info(
-            "oneDNN keeps %d kernels per cache (train.kernel_cache_entries)", t.kernel_cache_entries
-        )
-    if device.type == "cpu" and (kept := keep_freed_cpu_memory(t.malloc_keep_mib)):
+    entries, kept = tune_cpu_memory(device, t.kernel_cache_entries, t.malloc_keep_mib)
+    if entries:
+        log.info("oneDNN keeps %d kernels per cache (train.kernel_cache_entries)", entries)
+    if kept:
         log.info("glibc keeps freed blocks up to %d MiB for reuse (train.malloc_keep_mib)", kept)
         if kept < t.malloc_keep_mib:
             log.warning(

@@ -19,10 +19,10 @@ import sys
 from typing import Any
 
 from nmt.checkpoint import build_from_checkpoint
-from nmt.config import KERNEL_CACHE_ENTRIES, decode_settings
+from nmt.config import decode_settings
 from nmt.decoding import add_decode_arguments, decode_arguments, translate_ids
 from nmt.errors import UserError
-from nmt.runtime import bound_kernel_caches, resolve_device
+from nmt.runtime import resolve_device, tune_cpu_memory
 from nmt.search import Hypothesis
 from nmt.special_ids import EOS
 from nmt.textio import check_output_file, one_line, read_lines, write_error, write_text_atomic
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         elif sys.stdout is None:  # Python sets it to None when descriptor 1 is closed
             raise UserError("standard output is closed; write the translations with -o FILE")
         device = resolve_device(args.device)
-        bound_kernel_caches(KERNEL_CACHE_ENTRIES)  # bf16 decoding meets a shape a step
+        tune_cpu_memory(device)  # as training does: bounded kernel caches, kept blocks
         model, cfg, vocab = build_from_checkpoint(args.checkpoint, device)
         settings = decode_settings(
             cfg.get("decode"),

@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 
 from nmt.config import (
-    KERNEL_CACHE_ENTRIES,
+    MALLOC_KEEP_MIB,
     ConfigError,
     DataConfig,
     DecodeConfig,
@@ -45,7 +45,7 @@ from nmt.config import (
 from nmt.decoding import DECODE_PRECISIONS, translate_ids
 from nmt.model import build_model
 from nmt.presets import training_presets
-from nmt.runtime import bound_kernel_caches, describe_hardware, resolve_device, synchronize
+from nmt.runtime import describe_hardware, resolve_device, synchronize, tune_cpu_memory
 from nmt.special_ids import EOS
 from nmt.textio import read_lines, write_text_atomic
 
@@ -105,6 +105,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         dest="full_prefix",
         action="store_false",
         help="skip the full-prefix baseline (slow on long inputs); only the cached search",
+    )
+    p.add_argument(
+        "--malloc-keep-mib",
+        type=int,
+        default=MALLOC_KEEP_MIB,
+        help="CPU: glibc keeps freed blocks up to this size, as nmt-translate does; 0: glibc's "
+        f"defaults, every step's logits mapped afresh (default {MALLOC_KEEP_MIB})",
     )
     p.add_argument("--out-dir", type=Path, default=Path("results"), help="default ./results")
     args = p.parse_args(argv)
@@ -281,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
-    bound_kernel_caches(KERNEL_CACHE_ENTRIES)  # as nmt-translate does
+    tune_cpu_memory(device, malloc_keep_mib=args.malloc_keep_mib)  # as nmt-translate does
     texts = {s: [line.strip() for line in read_lines(str(s)) if line.strip()] for s in sources}
     if args.checkpoint:
         from nmt.checkpoint import build_from_checkpoint
@@ -325,6 +332,7 @@ def main(argv: list[str] | None = None) -> int:
         "checkpoint": args.checkpoint,
         "precisions": args.precisions,
         "threads": torch.get_num_threads(),
+        "malloc_keep_mib": args.malloc_keep_mib,
     }
     args.out_dir.mkdir(parents=True, exist_ok=True)
     header = (

@@ -136,3 +136,40 @@ def test_a_kernel_cache_size_set_in_the_environment_wins() -> None:
 def test_zero_keeps_the_library_defaults() -> None:
     got = run_kernel_probe(0)
     assert got["applied"] == 0 and set(got["env"].values()) == {None}
+
+
+# The decoding commands run in a fresh process, then the 64 MiB fault count is measured
+# again: after nmt-translate / nmt-evaluate the blocks must stay in the heap as in training.
+COMMAND_FAULTS_SCRIPT = (
+    FAULTS_SCRIPT.split("default = faults()")[0]
+    + """
+import importlib
+default = faults()
+command = importlib.import_module(sys.argv[1])
+code = command.main(sys.argv[2:])
+print(json.dumps({"default": default, "code": code, "after": faults()}))
+"""
+)
+
+
+@pytest.mark.slow
+@glibc_only
+@pytest.mark.parametrize("command", ["nmt.translate", "nmt.evaluate"])
+def test_decoding_commands_keep_freed_memory_as_training_does(command, ckpt, tmp_path):
+    src = tmp_path / "src.txt"
+    src.write_text("a b c\nd e\n")
+    args = ["-i", str(src), "-o", str(tmp_path / "out.txt")] if command == "nmt.translate" else []
+    argv = [command, str(ckpt), *args, "--quiet", "--beam", "2"]
+    if command == "nmt.evaluate":
+        argv += ["--max-sentences", "4", "-o", str(tmp_path / "eval")]
+    env = {k: v for k, v in os.environ.items() if k not in (*MALLOC_ENV, "GLIBC_TUNABLES")}
+    out = subprocess.run(
+        [sys.executable, "-c", COMMAND_FAULTS_SCRIPT, *argv],
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    r = json.loads(out.strip().splitlines()[-1])
+    assert r["code"] == 0
+    assert r["default"] > 0 and r["after"] * 4 <= r["default"], r
