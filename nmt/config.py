@@ -31,9 +31,7 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 # oneDNN kernels kept per cache, in training and decoding: bf16 matmuls keep one per input
 # shape, gigabytes with variable-length batches; 64 cost no speed on Multi30k.
 KERNEL_CACHE_ENTRIES = 64
-# CPU, glibc: freed blocks up to this many MiB stay in the process, in training and decoding
-# (runtime.keep_freed_cpu_memory): the logits over the vocabulary are tens of MiB a step.
-MALLOC_KEEP_MIB = 2047
+MALLOC_KEEP_MIB = 2047  # train.malloc_keep_mib's default; decoding keeps as much
 MALLOC_KEEP_MAX_MIB = (2**31 - 1) // 2**20  # mallopt(3) takes the threshold as a C int of bytes
 
 
@@ -107,8 +105,8 @@ class DataConfig:
 @dataclass
 class TrainConfig:
     max_tokens: int = 4096  # per batch, source + target padded positions (paper: 4096 per GPU)
-    # Pad batch lengths up to a multiple of this: fewer distinct shapes, so bf16 on the CPU
-    # reuses its oneDNN kernels (kernel_cache_entries) at the cost of more padding.
+    # Pad batch lengths up to a multiple of this (1: none): fewer distinct batch shapes, more
+    # padding; it does not pay on the CPU (docs/benchmarks.md, "Peak memory of a training run")
     length_multiple: int = 1
     update_freq: int = 1  # gradient accumulation: batches per optimizer step
     max_steps: int = 100_000  # 0: no step budget (then max_epochs must be set)
@@ -216,14 +214,13 @@ def validate(cfg: Any) -> None:
     if "decode" in cfg:
         _validate_decode(cfg.decode)
     limit = position_limit(enc)
-    if "data" in cfg and limit is not None:
-        multiple = cfg.train.length_multiple if "train" in cfg else 1
-        longest = max(cfg.data.max_len + 2, -(-(cfg.data.max_len + 1) // multiple) * multiple)
-        if longest > limit:
+    if "data" in cfg and limit is not None:  # rows of max_len + 2, padded to the multiple
+        m = cfg.train.length_multiple if "train" in cfg else 1
+        if (longest := max(cfg.data.max_len + 2, -(-(cfg.data.max_len + 1) // m) * m)) > limit:
             raise ConfigError(
                 f"encoding.input={enc.input} has a table of {limit} positions but "
                 f"data.max_len={cfg.data.max_len} (padded to a multiple of train.length_multiple"
-                f"={multiple}) allows longer training sentences; raise encoding.max_len to at "
+                f"={m}) allows longer training sentences; raise encoding.max_len to at "
                 f"least {longest}"
             )
 
@@ -295,16 +292,8 @@ def _validate_train(train: Any) -> None:
         raise ConfigError(
             f"train.precision={train.precision!r} is unknown; choose one of {PRECISIONS}"
         )
-    for name in (
-        "max_tokens",
-        "length_multiple",
-        "update_freq",
-        "warmup_steps",
-        "log_every",
-        "eval_every",
-        "save_every",
-        "dist_timeout_minutes",
-    ):
+    at_least_one = ("max_tokens", "length_multiple", "update_freq", "warmup_steps")
+    for name in (*at_least_one, "log_every", "eval_every", "save_every", "dist_timeout_minutes"):
         if getattr(train, name) < 1:
             raise ConfigError(f"train.{name}={getattr(train, name)} must be >= 1")
     if train.max_steps < 1 and train.max_epochs < 1:
