@@ -46,12 +46,22 @@ def resolve_device(name: str, index: int = 0) -> torch.device:
     return torch.device(name)
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU multiplies bf16 matrices in hardware (AVX512-BF16 or AMX), not emulated."""
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # torch.cpu, torch >= 2.3
+    return any(getattr(torch.cpu, check, lambda: False)() for check in checks)
+
+
 def resolve_precision(name: str, device: torch.device) -> str:
-    """`auto`: bf16 on GPUs that support it, fp16 (with a grad scaler) on older GPUs, else fp32."""
+    """`auto`: bf16 on GPUs that support it, fp16 (with a grad scaler) on older GPUs, bf16 on
+    CPUs with native bf16 matmuls (the same BLEU as fp32 and 1.75x its speed on Multi30k,
+    docs/results.md), else fp32."""
     if name != "auto":
         return name
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if device.type == "cpu" and cpu_has_native_bf16():
+        return "bf16"
     return "fp32"
 
 

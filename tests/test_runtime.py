@@ -173,3 +173,19 @@ def test_decoding_commands_keep_freed_memory_as_training_does(command, ckpt, tmp
     r = json.loads(out.strip().splitlines()[-1])
     assert r["code"] == 0
     assert r["default"] > 0 and r["after"] * 4 <= r["default"], r
+
+
+@pytest.mark.parametrize(
+    "avx512_bf16, amx, expected",
+    [(True, False, "bf16"), (False, True, "bf16"), (False, False, "fp32")],
+)
+def test_auto_precision_on_the_cpu_follows_its_bf16_units(monkeypatch, avx512_bf16, amx, expected):
+    import torch
+
+    from nmt.runtime import resolve_precision
+
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    cpu = torch.device("cpu")
+    assert resolve_precision("auto", cpu) == expected
+    assert resolve_precision("fp32", cpu) == "fp32"  # an explicit choice always stands

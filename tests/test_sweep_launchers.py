@@ -33,6 +33,8 @@ def _override(key: str, value: object) -> str:
         value = str(value).lower()
     elif value is None:
         value = "null"
+    elif isinstance(value, str):
+        value = repr(value)  # quoted: a path such as ~/.cache/nmt is outside the bare grammar
     return f"{key}={value}"
 
 
