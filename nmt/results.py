@@ -16,7 +16,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from nmt.config import flatten, to_container
+from nmt.config import Config, flatten, to_container
 from nmt.encodings import SIDE_KEYS, used_options
 
 # Keys of how a run executes, not of what it computes: a finished run relaunched with other
@@ -106,9 +106,14 @@ def finished_results(cfg: Any, run_dir: Path) -> dict[str, Any] | None:
         results = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-    if results.get("status") != "finished" or results.get("settings") != run_settings(cfg):
+    if results.get("status") != "finished" or not isinstance(results.get("settings"), dict):
         return None
-    return results
+    current, stored = run_settings(cfg), results["settings"]
+    # A key the schema gained after the run finished (e.g. train.length_multiple) is absent
+    # from its record; at its default it is the computation the run made.
+    defaults = json.loads(json.dumps(flatten(to_container(Config()))))  # lists as read back
+    added = {k: v for k, v in current.items() if k not in stored and v == defaults.get(k, ...)}
+    return results if {**stored, **added} == current else None
 
 
 def language_pair(src: str, tgt: str) -> str:

@@ -41,7 +41,11 @@ class Run:
 def _run_config(run_dir: Path, results: dict[str, Any] | None) -> dict[str, Any]:
     hydra_config = run_dir / ".hydra" / "config.yaml"
     if hydra_config.exists():
-        return flatten(yaml.safe_load(hydra_config.read_text()) or {})
+        config = flatten(yaml.safe_load(hydra_config.read_text()) or {})
+        if config.get("train.precision") == "auto" and (results or {}).get("precision"):
+            # What auto chose on the run's machine: fp32 and bf16 runs never share a row.
+            config["train.precision"] = results["precision"]  # type: ignore[index]
+        return config
     if results is not None:  # a run started from Python: the key choices are in results.json
         config = {
             "model.name": results.get("model"),

@@ -345,6 +345,7 @@ class Trainer:
             self.scheduler,
             self.scaler,
             self.progress,
+            self.rt.precision,
         )
 
     def _maybe_resume(self) -> None:

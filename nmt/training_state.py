@@ -28,6 +28,7 @@ from nmt.checkpoint import (
 from nmt.config import to_container
 from nmt.errors import CheckpointError, ConfigError, TrainingError
 from nmt.objective import load_optimizer_state
+from nmt.runtime import resolve_precision
 
 # Training's messages keep the command's logger name, whichever module emits them.
 log = logging.getLogger("nmt.train")
@@ -99,6 +100,7 @@ class RunParts:
     scheduler: Any
     scaler: torch.amp.GradScaler
     progress: Progress
+    precision: str  # what train.precision resolved to on this machine
 
 
 def training_state(parts: RunParts, rank_rng: list[dict[str, Any]]) -> dict[str, Any]:
@@ -113,10 +115,23 @@ def training_state(parts: RunParts, rank_rng: list[dict[str, Any]]) -> dict[str,
         "optimizer": parts.optimizer.state_dict(),
         "scheduler": parts.scheduler.state_dict(),
         "scaler": parts.scaler.state_dict(),
+        "precision": parts.precision,
         "rng": rank_rng[0],
         "rng_per_rank": rank_rng,
         "progress": asdict(parts.progress),
     }
+
+
+def _trained_precision(state: dict[str, Any], model: torch.nn.Module) -> str:
+    """The precision a checkpoint trained in. Older checkpoints hold only the setting, and
+    `auto` then meant fp32 on the CPU and what it means now on GPUs."""
+    if "precision" in state:
+        return state["precision"]
+    setting = state["config"].get("train", {}).get("precision", "auto")
+    if setting != "auto":
+        return setting
+    device = next(model.parameters()).device
+    return "fp32" if device.type == "cpu" else resolve_precision("auto", device)
 
 
 def resume(path: Path, parts: RunParts, rank: int, world_size: int) -> None:
@@ -139,6 +154,13 @@ def resume(path: Path, parts: RunParts, rank: int, world_size: int) -> None:
             f"data={cfg.data.name} data.vocab_size={cfg.data.vocab_size} fingerprint "
             f"{vocab.fingerprint[:12]}); use another run directory or the checkpoint's data "
             f"settings"
+        )
+    trained_in = _trained_precision(state, parts.model)
+    if trained_in != parts.precision:
+        raise CheckpointError(
+            f"cannot resume from {path}: it trained in {trained_in} and this run would go on "
+            f"in {parts.precision} (train.precision={cfg.train.precision}); pass "
+            f"train.precision={trained_in} to continue the run as it started"
         )
     parts.model.load_state_dict(state["model"])
     load_optimizer_state(parts.optimizer, state["optimizer"])

@@ -26,6 +26,7 @@ def fake_run(
     encoding: str = "relative",
     data: str = "toy",
     pair: tuple[str, str] = ("src", "tgt"),
+    precision: str | None = None,
 ):
     run = root / name
     (run / ".hydra").mkdir(parents=True)
@@ -54,6 +55,7 @@ def fake_run(
             "train_tokens_per_s": 1000.0,
             "parameters": 1234,
             "seed": seed,
+            **({"precision": precision} if precision else {}),
         }
         (run / "results.json").write_text(json.dumps(results))
 
@@ -96,6 +98,20 @@ def test_a_config_key_newer_than_some_runs_is_not_a_variable(tmp_path) -> None:
     assert report([tmp_path], tmp_path / "r1")["keys"] == ["encoding.k"]
     fake_run(tmp_path, "new_k=8", 8, 1, 36.0, train={"new_option": 60})
     assert report([tmp_path], tmp_path / "r2")["keys"] == ["encoding.k", "train.new_option"]
+
+
+def test_auto_precision_is_read_as_what_it_resolved_to(tmp_path) -> None:
+    """train.precision=auto ran fp32 on one machine and bf16 on another: two rows; an auto
+    run that resolved to fp32 shares its row with an explicit fp32 run."""
+    auto, fp32 = {"precision": "auto"}, {"precision": "fp32"}
+    fake_run(tmp_path, "a", 2, 1, 30.0, train=auto, precision="fp32")
+    fake_run(tmp_path, "b", 2, 2, 31.0, train=fp32, precision="fp32")
+    assert report([tmp_path], tmp_path / "r1")["keys"] == []
+    fake_run(tmp_path, "c", 2, 1, 33.0, train=auto, precision="bf16")
+    out = report([tmp_path], tmp_path / "r2")
+    assert out["keys"] == ["train.precision"]
+    rows = {row["train.precision"]: row for row in out["rows"]}
+    assert rows["fp32"]["seeds"] == [1, 2] and rows["bf16"]["seeds"] == [1]
 
 
 def test_options_an_encoding_does_not_use_define_no_row(tmp_path) -> None:

@@ -466,3 +466,38 @@ def test_default_nmt_train_learns_the_toy_task_and_needs_word_order(tmp_path) ->
     bleu = {e: r["test"]["bleu"] for e, r in results.items()}
     assert bleu["relative"] >= 90, bleu
     assert bleu["none"] < bleu["relative"] - 30, bleu
+
+
+def test_a_record_older_than_a_schema_key_is_finished_only_at_that_keys_default(tmp_path):
+    """results.json of a run made before train.length_multiple existed lacks the key: the
+    run is finished for a relaunch at the default (1) and not for any other value."""
+    from nmt.results import run_settings
+
+    cfg = compose(["train.max_steps=2"])
+    settings = run_settings(cfg)
+    del settings["train.length_multiple"]
+    record = {"status": "finished", "settings": settings}
+    (tmp_path / "results.json").write_text(json.dumps(record))
+    assert finished_results(cfg, tmp_path) == record
+    assert (
+        finished_results(compose(["train.max_steps=2", "train.length_multiple=8"]), tmp_path)
+        is None
+    )
+    assert finished_results(compose(["train.max_steps=3"]), tmp_path) is None
+
+
+def test_resume_keeps_the_precision_the_run_started_in(quick_cfg, tmp_path) -> None:
+    """train.precision=auto can resolve differently on another machine or code version: a
+    resume that would switch precision part-way is refused with the setting that continues."""
+    run = tmp_path / "run"
+    train(quick_cfg("train.max_steps=1", "train.precision=fp32"), run)
+    assert load_checkpoint(run / "checkpoint_last.pt")["precision"] == "fp32"
+    with pytest.raises(CheckpointError, match=r"trained in fp32 .* pass train.precision=fp32"):
+        train(quick_cfg("train.max_steps=2", "train.precision=bf16"), run)
+    state = load_checkpoint(run / "checkpoint_last.pt")
+    del state["precision"]  # a checkpoint of before the key: auto meant fp32 on the CPU
+    state["config"]["train"]["precision"] = "auto"
+    save_checkpoint(run / "checkpoint_last.pt", state)
+    with pytest.raises(CheckpointError, match=r"trained in fp32"):
+        train(quick_cfg("train.max_steps=2", "train.precision=bf16"), run)
+    assert train(quick_cfg("train.max_steps=2", "train.precision=fp32"), run)["steps"] == 2
