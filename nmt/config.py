@@ -106,7 +106,7 @@ class DataConfig:
 class TrainConfig:
     max_tokens: int = 4096  # per batch, source + target padded positions (paper: 4096 per GPU)
     # Pad batch lengths up to a multiple of this (1: none): fewer distinct batch shapes, more
-    # padding; it does not pay on the CPU (docs/benchmarks.md, "Peak memory of a training run")
+    # padding; it does not pay on the CPU (docs/benchmarks.md, "Padding batch lengths ...")
     length_multiple: int = 1
     update_freq: int = 1  # gradient accumulation: batches per optimizer step
     max_steps: int = 100_000  # 0: no step budget (then max_epochs must be set)
@@ -214,14 +214,14 @@ def validate(cfg: Any) -> None:
     if "decode" in cfg:
         _validate_decode(cfg.decode)
     limit = position_limit(enc)
-    if "data" in cfg and limit is not None:  # rows of max_len + 2, padded to the multiple
+    if "data" in cfg and limit is not None:  # rows up to max_len + 1, padded to the multiple
         m = cfg.train.length_multiple if "train" in cfg else 1
         if (longest := max(cfg.data.max_len + 2, -(-(cfg.data.max_len + 1) // m) * m)) > limit:
             raise ConfigError(
                 f"encoding.input={enc.input} has a table of {limit} positions but "
-                f"data.max_len={cfg.data.max_len} (padded to a multiple of train.length_multiple"
-                f"={m}) allows longer training sentences; raise encoding.max_len to at "
-                f"least {longest}"
+                f"data.max_len={cfg.data.max_len} allows longer training sentences"
+                + (f" (padded to a multiple of train.length_multiple={m})" if m > 1 else "")
+                + f"; raise encoding.max_len to at least {longest}"
             )
 
 

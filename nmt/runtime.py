@@ -54,8 +54,8 @@ def cpu_has_native_bf16() -> bool:
 
 def resolve_precision(name: str, device: torch.device) -> str:
     """`auto`: bf16 on GPUs that support it, fp16 (with a grad scaler) on older GPUs, bf16 on
-    CPUs with native bf16 matmuls (the same BLEU as fp32 and 1.75x its speed on Multi30k,
-    docs/results.md), else fp32."""
+    CPUs with native bf16 matmuls (the same BLEU as fp32 and 1.4-1.75x its speed in Multi30k
+    runs, docs/results.md), else fp32."""
     if name != "auto":
         return name
     if device.type == "cuda":

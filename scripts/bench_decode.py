@@ -35,6 +35,7 @@ from pathlib import Path
 import torch
 
 from nmt.config import (
+    MALLOC_KEEP_MAX_MIB,
     MALLOC_KEEP_MIB,
     ConfigError,
     DataConfig,
@@ -118,6 +119,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.precisions = args.precisions.split(",")
     if set(args.precisions) - set(DECODE_PRECISIONS):
         p.error(f"--precisions takes {', '.join(DECODE_PRECISIONS)}")
+    if not 0 <= args.malloc_keep_mib <= MALLOC_KEEP_MAX_MIB:
+        p.error(f"--malloc-keep-mib takes 0 to {MALLOC_KEEP_MAX_MIB}")
     try:
         args.settings = decode_settings(
             None,
@@ -288,7 +291,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
-    tune_cpu_memory(device, malloc_keep_mib=args.malloc_keep_mib)  # as nmt-translate does
+    # as nmt-translate does; the environment's thresholds win (then 0 MiB are applied here)
+    kept_mib = tune_cpu_memory(device, malloc_keep_mib=args.malloc_keep_mib)[1]
     texts = {s: [line.strip() for line in read_lines(str(s)) if line.strip()] for s in sources}
     if args.checkpoint:
         from nmt.checkpoint import build_from_checkpoint
@@ -332,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
         "checkpoint": args.checkpoint,
         "precisions": args.precisions,
         "threads": torch.get_num_threads(),
-        "malloc_keep_mib": args.malloc_keep_mib,
+        "malloc_keep_mib": kept_mib,
     }
     args.out_dir.mkdir(parents=True, exist_ok=True)
     header = (

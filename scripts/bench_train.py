@@ -40,11 +40,10 @@ from nmt.objective import batch_loss, build_optimization
 from nmt.presets import training_presets
 from nmt.runtime import (
     autocast,
-    bound_kernel_caches,
     describe_hardware,
-    keep_freed_cpu_memory,
     resolve_device,
     synchronize,
+    tune_cpu_memory,
 )
 from nmt.throughput import CORPORA, benchmark_batches, matmul_peak_flops, training_flops
 
@@ -139,9 +138,8 @@ def main() -> None:
     # As nmt-train does (train.malloc_keep_mib); pass train.malloc_keep_mib=0 for glibc's defaults.
     base = compose(args.overrides)
     validate(base)
-    keeps_freed = device.type == "cpu" and keep_freed_cpu_memory(base.train.malloc_keep_mib) > 0
-    if device.type == "cpu":
-        bound_kernel_caches(base.train.kernel_cache_entries)
+    t = base.train
+    keeps_freed = tune_cpu_memory(device, t.kernel_cache_entries, t.malloc_keep_mib)[1] > 0
     peaks = {p: matmul_peak_flops(device, DTYPES[p]) for p in precisions}
     combos = [(e, p, c) for p in precisions for c in compiles for e in names]
     rows, raw = [], {}

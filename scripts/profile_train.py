@@ -40,10 +40,9 @@ from nmt.objective import (
 )
 from nmt.runtime import (
     autocast,
-    bound_kernel_caches,
     describe_hardware,
-    keep_freed_cpu_memory,
     resolve_device,
+    tune_cpu_memory,
 )
 from nmt.throughput import CORPORA, benchmark_batches
 
@@ -227,9 +226,7 @@ def main() -> None:
     cfg = compose(overrides)
     validate(cfg)
     device = resolve_device(args.device)
-    if device.type == "cpu":
-        keep_freed_cpu_memory(cfg.train.malloc_keep_mib)  # as nmt-train does
-        bound_kernel_caches(cfg.train.kernel_cache_entries)
+    tune_cpu_memory(device, cfg.train.kernel_cache_entries, cfg.train.malloc_keep_mib)
     results = {}
     for corpus in args.corpus.split(","):
         batches, vocab_size = benchmark_batches(
