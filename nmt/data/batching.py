@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
+from typing import Any
 
 import numpy as np
 import torch
@@ -18,8 +19,8 @@ from nmt.data.store import EncodedSplit
 from nmt.data.vocab import BOS, EOS, PAD
 
 
-def round_up(lengths: np.ndarray, multiple: int) -> np.ndarray:
-    """Lengths rounded up to a multiple of `multiple` (1: unchanged)."""
+def round_up(lengths: Any, multiple: int) -> Any:
+    """A length, or an array of them, rounded up to a multiple of `multiple` (1: unchanged)."""
     return -(-lengths // multiple) * multiple
 
 
@@ -165,21 +166,14 @@ def collate(
     split: EncodedSplit, indices: Sequence[int], pad_id: int = PAD, length_multiple: int = 1
 ) -> Batch:
     """Pad the pairs at `indices` of `split` on the right into a Batch, its source and target
-    lengths rounded up to a multiple of `length_multiple`.
-
-    Rounding makes batches share shapes: on the CPU, bf16 matmuls build a oneDNN kernel per
-    shape, and a bounded kernel cache hits only when few shapes recur.
-    """
+    lengths rounded up to a multiple of `length_multiple` (fewer distinct shapes, for devices
+    whose matrix units want aligned ones)."""
     indices = [int(i) for i in indices]
     srcs = [split.src[i] for i in indices]
     tgts = [split.tgt[i] for i in indices]
     n = len(indices)
-    src_len, tgt_len = round_up(
-        np.array(
-            [max((len(s) for s in srcs), default=0), max((len(t) for t in tgts), default=0) + 1]
-        ),
-        length_multiple,
-    ).tolist()
+    src_len = round_up(max((len(s) for s in srcs), default=0), length_multiple)
+    tgt_len = round_up(max((len(t) for t in tgts), default=0) + 1, length_multiple)
     src = np.full((n, src_len), pad_id, dtype=np.int64)
     tgt_in = np.full((n, tgt_len), pad_id, dtype=np.int64)
     tgt_out = np.full_like(tgt_in, pad_id)
