@@ -6,8 +6,11 @@ run resumed at (epoch, batches done) sees exactly the data of an uninterrupted r
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Iterator
+
+import numpy as np
 
 from nmt.data import EncodedSplit
 from nmt.data.batching import split_batches
@@ -55,6 +58,15 @@ class TrainBatches:
                 for r in range(self.world_size)
             ]
         return self._shares[epoch]
+
+    def fingerprint(self, epoch: int) -> str:
+        """A digest of every rank's batches of an epoch: equal exactly when a resume at a
+        position in this epoch continues the batch list the saved run was walking."""
+        digest = hashlib.sha256()
+        for share in self.shares(epoch):
+            digest.update(np.asarray([len(b) for b in share], dtype=np.int64).tobytes())
+            digest.update(np.asarray([i for b in share for i in b], dtype=np.int64).tobytes())
+        return digest.hexdigest()
 
     def of_epoch(self, epoch: int) -> list[list[int]]:
         """This rank's batches of an epoch."""

@@ -346,6 +346,7 @@ class Trainer:
             self.scaler,
             self.progress,
             self.rt.precision,
+            self.batches,
         )
 
     def _maybe_resume(self) -> None:

@@ -29,6 +29,7 @@ from nmt.config import to_container
 from nmt.errors import CheckpointError, ConfigError, TrainingError
 from nmt.objective import load_optimizer_state
 from nmt.runtime import resolve_precision
+from nmt.train_batches import TrainBatches
 
 # Training's messages keep the command's logger name, whichever module emits them.
 log = logging.getLogger("nmt.train")
@@ -101,6 +102,7 @@ class RunParts:
     scaler: torch.amp.GradScaler
     progress: Progress
     precision: str  # what train.precision resolved to on this machine
+    batches: TrainBatches
 
 
 def training_state(parts: RunParts, rank_rng: list[dict[str, Any]]) -> dict[str, Any]:
@@ -119,7 +121,73 @@ def training_state(parts: RunParts, rank_rng: list[dict[str, Any]]) -> dict[str,
         "rng": rank_rng[0],
         "rng_per_rank": rank_rng,
         "progress": asdict(parts.progress),
+        "batch_order": _batch_order(parts.batches, parts.progress.epoch),
     }
+
+
+def _batch_order(batches: TrainBatches, epoch: int) -> dict[str, Any]:
+    """What identifies the batch list a run is walking: the position in it means nothing
+    under another list."""
+    return {
+        "epoch": epoch,
+        "fingerprint": batches.fingerprint(epoch),
+        "batches": len(batches.of_epoch(epoch)),
+    }
+
+
+def _batch_settings(config: Any, world_size: int) -> dict[str, Any]:
+    """The settings that shape an epoch's batch list, as `key=value` names."""
+    train = config["train"]
+    return {
+        "train.max_tokens": train["max_tokens"],
+        "train.length_multiple": train.get("length_multiple", 1),  # 1 before the key existed
+        "seed": config["seed"],
+        "processes": world_size,
+    }
+
+
+def continue_epoch_position(
+    state: dict[str, Any], path: Path, batches: TrainBatches, progress: Progress, cfg: Any
+) -> None:
+    """Keep a resume's position in its epoch meaningful when the epoch's batch list changed
+    (another token budget, length multiple, seed, number of processes or training split):
+    go on at the same fraction of the epoch, and say so, since the rest of that epoch is
+    then not exactly the data an uninterrupted run would see."""
+    epoch = progress.epoch
+    saved_ranks = len(state.get("rng_per_rank") or [None])
+    before = _batch_settings(state["config"], saved_ranks)
+    saved = state.get("batch_order")
+    if saved is None:  # a checkpoint of before the key: rebuild its list from its settings
+        old = TrainBatches(
+            batches.split,
+            before["train.max_tokens"],
+            seed=before["seed"],
+            rank=0,
+            world_size=saved_ranks,
+            length_multiple=before["train.length_multiple"],
+        )
+        saved = _batch_order(old, epoch)
+    if saved["fingerprint"] == batches.fingerprint(epoch):
+        return
+    now = _batch_settings(to_container(cfg), batches.world_size)
+    changed = [f"{key} {before[key]} -> {now[key]}" for key in now if before[key] != now[key]]
+    total = len(batches.of_epoch(epoch))
+    done = progress.batch_in_epoch
+    progress.batch_in_epoch = min(total, round(done * total / max(saved["batches"], 1)))
+    log.warning(
+        "%s stopped at batch %d of %d of epoch %d, and this run batches that epoch "
+        "differently (%s): it goes on at batch %d of %d, the same fraction of the epoch, so "
+        "the rest of epoch %d is not exactly the data an uninterrupted run sees; later "
+        "epochs follow the new settings. Resume with the old settings for an exact resume.",
+        path,
+        done,
+        saved["batches"],
+        epoch,
+        "; ".join(changed) or "other training pairs: data settings, corpus or batching code",
+        progress.batch_in_epoch,
+        total,
+        epoch,
+    )
 
 
 def _trained_precision(state: dict[str, Any], model: torch.nn.Module) -> str:
@@ -173,6 +241,7 @@ def resume(path: Path, parts: RunParts, rank: int, world_size: int) -> None:
     for key, value in state["progress"].items():
         if key in known:
             setattr(progress, key, value)
+    continue_epoch_position(state, path, parts.batches, progress, cfg)
     if "wall_seconds" not in state["progress"]:
         # A checkpoint of before wall_seconds was saved: the earlier launches' training time
         # is the best lower bound of their wall time.

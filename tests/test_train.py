@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -501,3 +502,37 @@ def test_resume_keeps_the_precision_the_run_started_in(quick_cfg, tmp_path) -> N
     with pytest.raises(CheckpointError, match=r"trained in fp32"):
         train(quick_cfg("train.max_steps=2", "train.precision=bf16"), run)
     assert train(quick_cfg("train.max_steps=2", "train.precision=fp32"), run)["steps"] == 2
+
+
+def test_resume_under_another_batch_list_goes_on_at_the_same_fraction_of_the_epoch(
+    quick_cfg, tmp_path, caplog
+) -> None:
+    """A resume with another token budget walks another batch list: the saved position is
+    carried over as a fraction of the epoch, with a warning naming what changed, instead of
+    skipping to a position that means other pairs (or past the epoch's end)."""
+    run = tmp_path / "run"
+    train(quick_cfg("train.max_steps=3", "train.save_every=3"), run)
+    saved = load_checkpoint(run / "checkpoint_last.pt")
+    assert saved["progress"]["epoch"] == 0 and saved["progress"]["batch_in_epoch"] == 3
+    old_batches = saved["batch_order"]["batches"]
+    del saved["batch_order"]  # as in a checkpoint of before the key: rebuilt from its config
+    save_checkpoint(run / "checkpoint_last.pt", saved)
+    with caplog.at_level(logging.WARNING, logger="nmt.train"):
+        train(quick_cfg("train.max_steps=4", "train.save_every=4", "train.max_tokens=300"), run)
+    after = load_checkpoint(run / "checkpoint_last.pt")
+    new_batches = after["batch_order"]["batches"]
+    assert new_batches > old_batches  # half the budget: more, smaller batches
+    went_on_at = round(3 * new_batches / old_batches)
+    assert went_on_at > 3  # the plain position would repeat pairs the run already saw
+    assert after["progress"]["batch_in_epoch"] == went_on_at + 1
+    assert "train.max_tokens 600 -> 300" in caplog.text
+    assert f"goes on at batch {went_on_at} of {new_batches}" in caplog.text
+
+
+def test_resume_under_the_same_batch_list_says_nothing(quick_cfg, tmp_path, caplog) -> None:
+    run = tmp_path / "run"
+    train(quick_cfg("train.max_steps=2", "train.save_every=2"), run)
+    with caplog.at_level(logging.WARNING, logger="nmt.train"):
+        train(quick_cfg("train.max_steps=3", "train.save_every=3", "train.log_every=2"), run)
+    assert "batches that epoch differently" not in caplog.text
+    assert load_checkpoint(run / "checkpoint_last.pt")["progress"]["batch_in_epoch"] == 3
