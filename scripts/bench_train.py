@@ -3,7 +3,7 @@ batches, interleaved.
 
     NMT_DATA_DIR=/path/to/data python scripts/bench_train.py model=small --rounds 7
     python scripts/bench_train.py model=small --encodings absolute,relative --corpus multi30k
-    python scripts/bench_train.py model=small --precisions fp32,bf16 --compile off,on
+    python scripts/bench_train.py model=small --precisions fp32,bf16 --compile off,on,static
 
 One model per variant (encoding x precision x compiled; same config, same seed), the same
 batches for all of them, each variant's share of a round (the trainer's step: forward, loss,
@@ -50,8 +50,19 @@ from nmt.throughput import CORPORA, benchmark_batches, matmul_peak_flops, traini
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
-def variant_name(encoding: str, precision: str, compiled: bool) -> str:
-    return f"{encoding} {precision}{' compiled' if compiled else ''}"
+# --compile modes: eager; torch.compile as train.compile=true does (dynamic shapes after the
+# second batch shape); one static graph per batch shape (what padded length buckets buy).
+COMPILE_MODES = {"off": "no", "on": "yes", "static": "static shapes"}
+
+
+def variant_name(encoding: str, precision: str, compiled: str) -> str:
+    return f"{encoding} {precision}{'' if compiled == 'off' else ' compiled ' + compiled}"
+
+
+def compiled_forward(model: torch.nn.Module, mode: str) -> torch.nn.Module:
+    if mode == "off":
+        return model
+    return torch.compile(model, dynamic=False) if mode == "static" else torch.compile(model)
 
 
 def build_variant(overrides, encoding, precision, compiled, vocab_size, device) -> dict:
@@ -62,7 +73,7 @@ def build_variant(overrides, encoding, precision, compiled, vocab_size, device) 
     return {
         "cfg": cfg,
         "model": model,
-        "forward": torch.compile(model) if compiled else model,
+        "forward": compiled_forward(model, compiled),
         "optimizer": optimizer,
         "counts": parameter_counts(model),
         "precision": precision,
@@ -104,7 +115,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--corpus", default=",".join(CORPORA))
     parser.add_argument("--precisions", default="fp32", help="fp32, bf16 or both: fp32,bf16")
     parser.add_argument(
-        "--compile", default="off", help="off, on or off,on: torch.compile the model"
+        "--compile",
+        default="off",
+        help="off, on (dynamic shapes, as train.compile=true), static (a graph per batch shape), "
+        "or a list: off,on,static",
     )
     parser.add_argument("--max-tokens", type=int, default=4096)
     parser.add_argument("--batches", type=int, default=4, help="batches per round (same for all)")
@@ -133,7 +147,9 @@ def main() -> None:
     precisions = args.precisions.split(",")
     if set(precisions) - set(DTYPES):
         sys.exit(f"bench_train: --precisions takes {', '.join(DTYPES)}")
-    compiles = [{"off": False, "on": True}[c] for c in args.compile.split(",")]
+    compiles = args.compile.split(",")
+    if set(compiles) - set(COMPILE_MODES):
+        sys.exit(f"bench_train: --compile takes {', '.join(COMPILE_MODES)}")
     device = resolve_device(args.device)
     # As nmt-train does (train.malloc_keep_mib); pass train.malloc_keep_mib=0 for glibc's defaults.
     base = compose(args.overrides)
@@ -175,14 +191,15 @@ def main() -> None:
             v = variants[name]
             flops = sum(training_flops(v["cfg"], v["counts"], b) for b in batches)
             to_abs = round_ratios(times, variant_name("absolute", precision, compiled), name)
-            to_fp32 = round_ratios(times, variant_name(encoding, "fp32", False), name)
+            to_fp32 = round_ratios(times, variant_name(encoding, "fp32", "off"), name)
             median = statistics.median(times[name])
             rows.append(
                 {
                     "corpus": corpus,
                     "encoding": encoding,
                     "precision": precision,
-                    "compiled": compiled,
+                    "compiled": compiled != "off",
+                    "compile_mode": compiled,
                     "tokens_per_s": tokens / median,
                     "ratio_to_absolute": statistics.median(to_abs) if to_abs else None,
                     "ratio_to_absolute_range": [min(to_abs), max(to_abs)] if to_abs else None,
@@ -219,7 +236,7 @@ def main() -> None:
         ratio += f" ({spread[0]:.3f}-{spread[1]:.3f})" if spread else ""
         lines.append(
             f"| {r['corpus']} | {r['encoding']} | {r['precision']} "
-            f"| {'yes' if r['compiled'] else 'no'} | {r['tokens_per_s']:,.0f} | {ratio} "
+            f"| {COMPILE_MODES[r['compile_mode']]} | {r['tokens_per_s']:,.0f} | {ratio} "
             f"| {fmt(r['ratio_to_fp32_eager'])} | {r['mfu']:.1%} |"
         )
     table = "\n".join(lines)

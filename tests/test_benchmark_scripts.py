@@ -64,3 +64,11 @@ def test_bench_train_times_every_variant_and_writes_its_table(multi30k_dir, tmp_
     assert got["relative", "fp32"]["ratio_to_fp32_eager"] == 1.0
     assert all(r["tokens_per_s"] > 0 and 0 < r["mfu"] < 1 for r in rows)
     assert "| multi30k | relative | bf16 | no |" in (out / "bench_train.md").read_text()
+
+
+def test_bench_train_refuses_an_unknown_compile_mode(tmp_path) -> None:
+    env = {**os.environ, "NMT_DATA_DIR": str(tmp_path)}
+    command = [sys.executable, str(SCRIPTS / "bench_train.py"), "--compile", "off,fast"]
+    done = subprocess.run(command, capture_output=True, text=True, env=env)
+    assert done.returncode != 0
+    assert "--compile takes off, on, static" in done.stderr
