@@ -303,15 +303,15 @@ def _validate_train(train: Any) -> None:
             f"train.malloc_keep_mib={train.malloc_keep_mib} must be between 0 (glibc's defaults) "
             f"and {MALLOC_KEEP_MAX_MIB} (mallopt takes a C int of bytes)"
         )
-    if train.kernel_cache_entries < 0:
+    zero_means = {"kernel_cache_entries": "oneDNN's and PyTorch's defaults"}
+    zero_means["loss_chunk_tokens"] = "the whole (B*T, V) logits at once"
+    for name, meaning in zero_means.items():
+        if getattr(train, name) < 0:
+            raise ConfigError(f"train.{name}={getattr(train, name)} must be >= 0 (0: {meaning})")
+    if 2 * train.length_multiple > train.max_tokens:  # a pair pads to >= m a side
         raise ConfigError(
-            f"train.kernel_cache_entries={train.kernel_cache_entries} must be >= 0 "
-            f"(0: oneDNN's and PyTorch's defaults)"
-        )
-    if train.loss_chunk_tokens < 0:
-        raise ConfigError(
-            f"train.loss_chunk_tokens={train.loss_chunk_tokens} must be >= 0 "
-            f"(0: the whole (B*T, V) logits at once)"
+            f"train.length_multiple={train.length_multiple} pads every pair past "
+            f"train.max_tokens={train.max_tokens}; use at most {train.max_tokens // 2}"
         )
     if not 0.0 <= train.label_smoothing < 1.0:
         raise ConfigError(f"train.label_smoothing={train.label_smoothing} must be in [0, 1)")

@@ -34,6 +34,11 @@ def run_train(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
         (["decode.max_len_b=-5"], "decode.max_len_b=-5 must be >= 0"),
         (["train.max_tokens=0"], "train.max_tokens=0 must be >= 1"),
         (["train.length_multiple=0"], "train.length_multiple=0 must be >= 1"),
+        (
+            ["train.max_tokens=600", "train.length_multiple=512"],
+            r"train.length_multiple=512 pads every pair past train.max_tokens=600; use at most 300",
+        ),
+        (["train.loss_chunk_tokens=-1"], r"loss_chunk_tokens=-1 must be >= 0 \(0: the whole"),
         (["encoding.keys=false", "encoding.values=false"], "leave the relative encoding with"),
         (["encoding.name=../../x"], "encoding.name='../../x' is unknown"),
         (["encoding.kk=3"], "Could not override 'encoding.kk'"),
