@@ -136,7 +136,7 @@ def _batch_order(batches: TrainBatches, epoch: int) -> dict[str, Any]:
 
 
 def _batch_settings(config: Any, world_size: int) -> dict[str, Any]:
-    """The settings that shape an epoch's batch list, as `key=value` names."""
+    """The settings that shape an epoch's batch list, by the names a user sets them with."""
     train = config["train"]
     return {
         "train.max_tokens": train["max_tokens"],
@@ -146,13 +146,14 @@ def _batch_settings(config: Any, world_size: int) -> dict[str, Any]:
     }
 
 
-def continue_epoch_position(
-    state: dict[str, Any], path: Path, batches: TrainBatches, progress: Progress, cfg: Any
+def _continue_epoch_position(
+    state: dict[str, Any], path: Path, parts: RunParts, announce: bool
 ) -> None:
     """Keep a resume's position in its epoch meaningful when the epoch's batch list changed
     (another token budget, length multiple, seed, number of processes or training split):
     go on at the same fraction of the epoch, and say so, since the rest of that epoch is
-    then not exactly the data an uninterrupted run would see."""
+    then not exactly the data an uninterrupted run would see (`announce`: on one rank)."""
+    batches, progress = parts.batches, parts.progress
     epoch = progress.epoch
     saved_ranks = len(state.get("rng_per_rank") or [None])
     before = _batch_settings(state["config"], saved_ranks)
@@ -169,11 +170,13 @@ def continue_epoch_position(
         saved = _batch_order(old, epoch)
     if saved["fingerprint"] == batches.fingerprint(epoch):
         return
-    now = _batch_settings(to_container(cfg), batches.world_size)
+    now = _batch_settings(to_container(parts.cfg), batches.world_size)
     changed = [f"{key} {before[key]} -> {now[key]}" for key in now if before[key] != now[key]]
     total = len(batches.of_epoch(epoch))
     done = progress.batch_in_epoch
     progress.batch_in_epoch = min(total, round(done * total / max(saved["batches"], 1)))
+    if not announce:
+        return
     log.warning(
         "%s stopped at batch %d of %d of epoch %d, and this run batches that epoch "
         "differently (%s): it goes on at batch %d of %d, the same fraction of the epoch, so "
@@ -241,7 +244,7 @@ def resume(path: Path, parts: RunParts, rank: int, world_size: int) -> None:
     for key, value in state["progress"].items():
         if key in known:
             setattr(progress, key, value)
-    continue_epoch_position(state, path, parts.batches, progress, cfg)
+    _continue_epoch_position(state, path, parts, announce=rank == 0)
     if "wall_seconds" not in state["progress"]:
         # A checkpoint of before wall_seconds was saved: the earlier launches' training time
         # is the best lower bound of their wall time.
