@@ -65,7 +65,8 @@ class TrainBatches:
         digest = hashlib.sha256()
         for share in self.shares(epoch):
             digest.update(np.asarray([len(b) for b in share], dtype=np.int64).tobytes())
-            digest.update(np.asarray([i for b in share for i in b], dtype=np.int64).tobytes())
+            if share:
+                digest.update(np.concatenate(share).astype(np.int64).tobytes())
         return digest.hexdigest()
 
     def of_epoch(self, epoch: int) -> list[list[int]]:

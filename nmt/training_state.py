@@ -155,7 +155,9 @@ def _continue_epoch_position(
     then not exactly the data an uninterrupted run would see (`announce`: on one rank)."""
     batches, progress = parts.batches, parts.progress
     epoch = progress.epoch
-    saved_ranks = len(state.get("rng_per_rank") or [None])
+    # Checkpoints of before per-rank RNG states do not say how many processes saved them:
+    # as before the digest, an unchanged process count is assumed.
+    saved_ranks = len(state["rng_per_rank"]) if "rng_per_rank" in state else batches.world_size
     before = _batch_settings(state["config"], saved_ranks)
     saved = state.get("batch_order")
     if saved is None:  # a checkpoint of before the key: rebuild its list from its settings
@@ -170,10 +172,13 @@ def _continue_epoch_position(
         saved = _batch_order(old, epoch)
     if saved["fingerprint"] == batches.fingerprint(epoch):
         return
+    done = progress.batch_in_epoch
+    total = len(batches.of_epoch(epoch))
+    if done in (0, saved["batches"]):  # at an epoch's start or end: nothing to realign
+        progress.batch_in_epoch = 0 if done == 0 else total
+        return
     now = _batch_settings(to_container(parts.cfg), batches.world_size)
     changed = [f"{key} {before[key]} -> {now[key]}" for key in now if before[key] != now[key]]
-    total = len(batches.of_epoch(epoch))
-    done = progress.batch_in_epoch
     progress.batch_in_epoch = min(total, round(done * total / max(saved["batches"], 1)))
     if not announce:
         return

@@ -509,7 +509,7 @@ def test_resume_under_another_batch_list_goes_on_at_the_same_fraction_of_the_epo
 ) -> None:
     """A resume with another token budget walks another batch list: the saved position is
     carried over as a fraction of the epoch, with a warning naming what changed, instead of
-    skipping to a position that means other pairs (or past the epoch's end)."""
+    the old batch number, which would repeat (or skip) most of the rest of the epoch."""
     run = tmp_path / "run"
     train(quick_cfg("train.max_steps=3", "train.save_every=3"), run)
     saved = load_checkpoint(run / "checkpoint_last.pt")
@@ -532,7 +532,27 @@ def test_resume_under_another_batch_list_goes_on_at_the_same_fraction_of_the_epo
 def test_resume_under_the_same_batch_list_says_nothing(quick_cfg, tmp_path, caplog) -> None:
     run = tmp_path / "run"
     train(quick_cfg("train.max_steps=2", "train.save_every=2"), run)
+    saved = load_checkpoint(run / "checkpoint_last.pt")
+    # The oldest checkpoints hold neither the digest nor how many processes saved them.
+    del saved["batch_order"], saved["rng_per_rank"]
+    save_checkpoint(run / "checkpoint_last.pt", saved)
     with caplog.at_level(logging.WARNING, logger="nmt.train"):
         train(quick_cfg("train.max_steps=3", "train.save_every=3", "train.log_every=2"), run)
     assert "batches that epoch differently" not in caplog.text
     assert load_checkpoint(run / "checkpoint_last.pt")["progress"]["batch_in_epoch"] == 3
+
+
+def test_resume_at_an_epoch_end_under_another_batch_list_says_nothing(
+    quick_cfg, tmp_path, caplog
+) -> None:
+    """Nothing of the saved epoch is left, so nothing is realigned or warned about."""
+    run = tmp_path / "run"
+    train(quick_cfg("train.max_steps=1000", "train.max_epochs=1"), run)
+    saved = load_checkpoint(run / "checkpoint_last.pt")
+    assert saved["progress"]["batch_in_epoch"] == saved["batch_order"]["batches"]
+    with caplog.at_level(logging.WARNING, logger="nmt.train"):
+        train(quick_cfg("train.max_steps=1000", "train.max_epochs=2", "train.max_tokens=300"), run)
+    assert "batches that epoch differently" not in caplog.text
+    after = load_checkpoint(run / "checkpoint_last.pt")
+    assert after["progress"]["epoch"] == 1
+    assert after["progress"]["batch_in_epoch"] == after["batch_order"]["batches"]
