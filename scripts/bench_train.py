@@ -150,6 +150,10 @@ def main() -> None:
     compiles = args.compile.split(",")
     if set(compiles) - set(COMPILE_MODES):
         sys.exit(f"bench_train: --compile takes {', '.join(COMPILE_MODES)}")
+    if "static" in compiles:  # a graph per batch shape: past Dynamo's limit it runs eager
+        torch._dynamo.config.recompile_limit = max(
+            torch._dynamo.config.recompile_limit, args.batches
+        )
     device = resolve_device(args.device)
     # As nmt-train does (train.malloc_keep_mib); pass train.malloc_keep_mib=0 for glibc's defaults.
     base = compose(args.overrides)
