@@ -14,7 +14,8 @@ from hydra.errors import HydraException
 from omegaconf import open_dict
 from omegaconf.errors import OmegaConfBaseException
 
-from nmt.config import compose, validate
+from nmt.config import compose
+from nmt.config_checks import validate
 from nmt.errors import ConfigError
 from nmt.training_state import refuse_mixed_run
 

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nmt.attention import KeyValueCache, MultiHeadAttention
-from nmt.config import validate
+from nmt.config_checks import validate
 from nmt.dropout import dropout as apply_dropout
 from nmt.encodings import (
     AttentionPositions,

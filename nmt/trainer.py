@@ -21,7 +21,8 @@ import torch
 import torch.distributed as dist
 
 from nmt.checkpoint import remove_partial_writes
-from nmt.config import decode_settings, validate
+from nmt.config import decode_settings
+from nmt.config_checks import validate
 from nmt.data import prepare_data
 from nmt.data.batching import collate
 from nmt.model import Transformer, build_model, parameter_counts

@@ -34,7 +34,8 @@ from pathlib import Path
 
 import torch
 
-from nmt.config import compose, encoding_presets, validate
+from nmt.config import compose, encoding_presets
+from nmt.config_checks import validate
 from nmt.model import build_model, parameter_counts
 from nmt.objective import batch_loss, build_optimization
 from nmt.presets import training_presets

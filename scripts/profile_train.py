@@ -30,7 +30,8 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile, record_function
 
-from nmt.config import compose, validate
+from nmt.config import compose
+from nmt.config_checks import validate
 from nmt.dropout import PROFILER_RANGE as DROPOUT_RANGE
 from nmt.model import build_model
 from nmt.objective import (

@@ -11,7 +11,8 @@ from torch import Tensor
 
 import nmt.attention as attention
 from nmt.attention import KeyValueCache, MultiHeadAttention
-from nmt.config import ConfigError, DecodeConfig, compose, validate
+from nmt.config import ConfigError, DecodeConfig, compose
+from nmt.config_checks import validate
 from nmt.data.vocab import EOS
 from nmt.encodings.alibi import ALiBiBias, alibi_slopes
 from nmt.model import build_model, parameter_counts

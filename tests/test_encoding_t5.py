@@ -12,7 +12,8 @@ from torch import Tensor
 
 import nmt.attention as attention
 from nmt.attention import KeyValueCache, MultiHeadAttention
-from nmt.config import ConfigError, DecodeConfig, compose, validate
+from nmt.config import ConfigError, DecodeConfig, compose
+from nmt.config_checks import validate
 from nmt.data.vocab import EOS
 from nmt.encodings.t5 import T5RelativeBias, relative_position_bucket
 from nmt.model import build_model, parameter_counts

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from nmt.config import compose, validate
+from nmt.config import compose
+from nmt.config_checks import validate
 
 EXPERIMENT_DIR = Path(__file__).parents[1] / "conf" / "experiment"
 EXPERIMENTS = sorted(p.stem for p in EXPERIMENT_DIR.glob("*.yaml"))

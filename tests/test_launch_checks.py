@@ -76,7 +76,8 @@ def test_information_flags_run_no_job() -> None:
 
 
 def test_k_is_bounded_by_the_training_lengths_but_table_2_values_stay_legal() -> None:
-    from nmt.config import ConfigError, compose, validate
+    from nmt.config import ConfigError, compose
+    from nmt.config_checks import validate
 
     validate(compose(["encoding.k=256"]))  # Table 2's largest k on the toy task
     with pytest.raises(ConfigError, match="encoding.k=261 is far beyond"):
@@ -96,10 +97,39 @@ def test_resume_false_into_another_run_is_refused_before_hydra_writes_there(tmp_
 
 
 def test_a_learned_table_must_hold_the_lengths_padded_to_the_multiple() -> None:
-    from nmt.config import ConfigError, compose, validate
+    from nmt.config import ConfigError, compose
+    from nmt.config_checks import validate
 
     # data.max_len=64: rows of up to 65 positions, 72 once rounded up to a multiple of 8.
-    validate(compose(["encoding=learned", "encoding.max_len=66"]))
+    validate(compose(["encoding=learned", "encoding.max_len=65"]))
+    with pytest.raises(ConfigError, match="raise encoding.max_len to at least 65"):
+        validate(compose(["encoding=learned", "encoding.max_len=64"]))
     validate(compose(["encoding=learned", "encoding.max_len=72", "train.length_multiple=8"]))
     with pytest.raises(ConfigError, match="raise encoding.max_len to at least 72"):
         validate(compose(["encoding=learned", "encoding.max_len=66", "train.length_multiple=8"]))
+
+
+def test_the_smallest_learned_table_validate_accepts_trains_the_longest_pairs(toy) -> None:
+    """The bound `validate` enforces is the one training needs: a batch of the longest
+    pairs the data filter keeps runs through a table of exactly that many positions."""
+    from nmt.config import compose
+    from nmt.config_checks import validate
+    from nmt.data.batching import collate
+    from nmt.model import build_model
+
+    data, _ = toy
+    split = data.splits["train"]
+    longest = max(
+        max(len(s) - 1, len(t)) for s, t in zip(split.src, split.tgt, strict=True)
+    )  # src ends in EOS
+    cfg = compose(
+        ["encoding=learned", f"encoding.max_len={longest + 1}", f"data.max_len={longest}"]
+    )
+    validate(cfg)
+    rows = sorted(
+        range(len(split.src)), key=lambda i: -max(len(split.src[i]), len(split.tgt[i]) + 1)
+    )
+    batch = collate(split, rows[:4])
+    assert max(batch.src.size(1), batch.tgt_in.size(1)) == longest + 1
+    model = build_model(cfg, data.vocab.size)
+    assert model(batch.src, batch.tgt_in).isfinite().all()

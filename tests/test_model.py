@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from nmt.config import ConfigError, compose, validate
+from nmt.config import ConfigError, compose
+from nmt.config_checks import validate
 from nmt.model import build_model, parameter_counts
 from nmt.presets import training_presets
 

@@ -10,7 +10,8 @@ import sys
 
 import pytest
 
-from nmt.config import ConfigError, compose, validate
+from nmt.config import ConfigError, compose
+from nmt.config_checks import validate
 from nmt.runtime import MALLOC_ENV, keep_freed_cpu_memory
 
 glibc_only = pytest.mark.skipif(

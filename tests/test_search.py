@@ -9,7 +9,8 @@ import torch
 from omegaconf import OmegaConf
 from torch import Tensor
 
-from nmt.config import DecodeConfig, compose, decode_settings, validate
+from nmt.config import DecodeConfig, compose, decode_settings
+from nmt.config_checks import validate
 from nmt.data.vocab import BOS, EOS, PAD, UNK
 from nmt.errors import ConfigError
 from nmt.model import build_model

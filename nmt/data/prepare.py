@@ -37,12 +37,13 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from nmt.config import ConfigError, validate_data
+from nmt.config_checks import validate_data
 from nmt.data.cache_dirs import atomic_dir, locked, remove_entry, remove_stale
 from nmt.data.corpora import ROLES, Corpus, ParallelText, open_corpus
 from nmt.data.errors import DataError
 from nmt.data.store import EncodedSplit, RaggedIds, RaggedIdsWriter, write_text
 from nmt.data.vocab import EOS, Vocabulary, train_vocabulary
+from nmt.errors import ConfigError
 
 FORMAT_VERSION = 1  # bump when the on-disk layout or the encoding changes
 SPM_SAMPLE_SEED = 0
