@@ -504,6 +504,46 @@ def test_resume_keeps_the_precision_the_run_started_in(quick_cfg, tmp_path) -> N
     assert train(quick_cfg("train.max_steps=2", "train.precision=fp32"), run)["steps"] == 2
 
 
+@pytest.mark.slow
+def test_a_one_process_run_resumed_on_two_processes_goes_on_at_the_same_fraction(
+    tmp_path,
+) -> None:
+    """Real processes: a run saved by one process and resumed by two gloo ranks splits each
+    epoch's batches between the ranks, so each rank's list is about half as long; both ranks
+    go on at the same fraction of the epoch, warned once, and stay in step."""
+    worker = tmp_path / "worker.py"
+    worker.write_text(DDP_WORKER)
+    common = [*QUICK, "model.dropout=0.0", "train.device=cpu", "train.precision=fp32"]
+    run, cache = tmp_path / "run", tmp_path / "cache"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run(
+        [sys.executable, str(worker), str(run), str(cache), *common]
+        + ["train.max_steps=3", "train.save_every=3"],
+        check=True,
+        env=env,
+        capture_output=True,
+    )
+    old_batches = load_checkpoint(run / "checkpoint_last.pt")["batch_order"]["batches"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+        + [str(worker), str(run), str(cache), *common, "train.max_steps=4", "train.save_every=4"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    after = load_checkpoint(run / "checkpoint_last.pt")
+    new_batches = after["batch_order"]["batches"]
+    assert new_batches < old_batches  # each rank walks its share of the epoch
+    went_on_at = round(3 * new_batches / old_batches)
+    assert went_on_at < 3  # the plain position would skip pairs of this epoch
+    assert after["progress"]["batch_in_epoch"] == went_on_at + 1
+    assert proc.stderr.count("batches that epoch differently (processes 1 -> 2)") == 1
+    assert f"goes on at batch {went_on_at} of {new_batches}" in proc.stderr
+    rank0, rank1 = torch.load(run / "rank0.pt"), torch.load(run / "rank1.pt")
+    assert all(torch.equal(rank0[name], rank1[name]) for name in rank0)
+
+
 def test_resume_under_another_batch_list_goes_on_at_the_same_fraction_of_the_epoch(
     quick_cfg, tmp_path, caplog
 ) -> None:
