@@ -353,6 +353,19 @@ torch.save(trainer.model.state_dict(), os.path.join(run_dir, f"rank{rank}.pt"))
 """
 
 
+def run_two_ranks(
+    worker: Path, run_dir: Path, cache: Path, overrides: list[str], env: dict[str, str]
+) -> subprocess.CompletedProcess:
+    """The DDP worker under torchrun, two gloo ranks on this machine."""
+    return subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+        + [str(worker), str(run_dir), str(cache), *overrides],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+
+
 @pytest.mark.slow
 def test_two_gloo_processes_match_one_process_on_the_same_global_batch(tmp_path) -> None:
     worker = tmp_path / "worker.py"
@@ -370,23 +383,7 @@ def test_two_gloo_processes_match_one_process_on_the_same_global_batch(tmp_path)
         env=env,
         capture_output=True,
     )
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc_per_node=2",
-            str(worker),
-            str(multi),
-            str(cache),
-            *common,
-            "train.update_freq=2",
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-    )
+    proc = run_two_ranks(worker, multi, cache, [*common, "train.update_freq=2"], env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rank0, rank1 = torch.load(multi / "rank0.pt"), torch.load(multi / "rank1.pt")
     for name in rank0:
@@ -524,12 +521,8 @@ def test_a_one_process_run_resumed_on_two_processes_goes_on_at_the_same_fraction
         capture_output=True,
     )
     old_batches = load_checkpoint(run / "checkpoint_last.pt")["batch_order"]["batches"]
-    proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-        + [str(worker), str(run), str(cache), *common, "train.max_steps=4", "train.save_every=4"],
-        env=env,
-        capture_output=True,
-        text=True,
+    proc = run_two_ranks(
+        worker, run, cache, [*common, "train.max_steps=4", "train.save_every=4"], env
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     after = load_checkpoint(run / "checkpoint_last.pt")
