@@ -5,6 +5,8 @@ finds which config values differ between runs (the swept variables; the seed is 
 over), and writes `report.md` (a Markdown table shaped like the paper's: one row per swept
 value, mean and standard deviation over seeds), `report.csv`, and plots: BLEU against k
 (log-scale x axis, error bars over seeds) when k was swept, and BLEU by source length.
+With seeds, report.md says which rows differ from the best-on-validation row by more than
+seed noise (`nmt.seed_noise`).
 Failed and unfinished runs are listed as such, never dropped: a sweep still running
 shows what has finished so far.
 """
@@ -21,6 +23,7 @@ from typing import Any
 
 from nmt.results import MEASURES
 from nmt.runs import Run, find_runs, summarize, swept_keys
+from nmt.seed_noise import NOISE_STANDARD_ERRORS, SPLITS, against_reference
 
 
 def _cell(value: Any) -> str:
@@ -83,6 +86,7 @@ def markdown(rows: list[dict[str, Any]], keys: list[str], runs: list[Run]) -> st
         *lines,
     ]
     text += _length_table(rows, keys, head)
+    text += _noise_table(rows, keys, head)
     others = [r for r in runs if r.status != "finished"]
     if others:
         text += [
@@ -124,6 +128,41 @@ def _length_table(rows: list[dict[str, Any]], keys: list[str], head: list[str]) 
             *(_fmt(bleu.get(b), None, 1) for b in buckets),
         ]
         lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _noise_table(rows: list[dict[str, Any]], keys: list[str], head: list[str]) -> list[str]:
+    """Each row's BLEU difference to the best-on-validation row, against the seed noise."""
+    compared = against_reference(rows)
+    if compared is None:
+        return []
+    noise = ", ".join(
+        f"{std:.2f} {split} BLEU ({dof} degrees of freedom)"
+        for split, (std, dof) in compared["noise"].items()
+        if std is not None
+    )
+    k = f"{NOISE_STANDARD_ERRORS:g}"
+    lines = [
+        "",
+        f"Against seed noise: Δ is a row's mean BLEU minus that of "
+        f"**{_label(compared['reference'], keys)}** (the best validation BLEU), beyond noise "
+        f"when |Δ| > {k} standard errors, {k} s √(1/n + 1/n_ref), with s the seed standard "
+        f"deviation pooled over every row with two or more runs: {noise}.",
+        "",
+        "| "
+        + " | ".join(["data", *head, "runs"])
+        + "".join(f" | Δ {split} BLEU | {k} SE" for split in SPLITS)
+        + " | beyond noise |",
+        "|---|" + "---|" * len(head) + "---:|" + "---:|---:|" * len(SPLITS) + "---|",
+    ]
+    for entry in compared["rows"]:
+        row, cells = entry["row"], []
+        for split in SPLITS:
+            d = entry[split]
+            cells += [f"{d['delta']:+.2f}", f"{d['threshold']:.2f}"] if d else ["—", "—"]
+        beyond = ", ".join(s for s in SPLITS if entry[s] and entry[s]["beyond"]) or "—"
+        row_cells = [row["data"], *(_cell(row.get(key)) for key in keys), str(row["runs"])]
+        lines.append("| " + " | ".join([*row_cells, *cells, beyond]) + " |")
     return lines
 
 
