@@ -137,7 +137,7 @@ def _noise_table(rows: list[dict[str, Any]], keys: list[str], head: list[str]) -
     if compared is None:
         return []
     noise = ", ".join(
-        f"{std:.2f} {split} BLEU ({dof} degrees of freedom)"
+        f"{std:.2f} {split} BLEU ({dof} degree{'s' if dof != 1 else ''} of freedom)"
         for split, (std, dof) in compared["noise"].items()
         if std is not None
     )
