@@ -23,7 +23,7 @@ from typing import Any
 
 from nmt.results import MEASURES
 from nmt.runs import Run, find_runs, summarize, swept_keys
-from nmt.seed_noise import NOISE_STANDARD_ERRORS, SPLITS, against_reference
+from nmt.seed_noise import CONFIDENCE, SPLITS, against_reference, t_quantile
 
 
 def _cell(value: Any) -> str:
@@ -137,21 +137,23 @@ def _noise_table(rows: list[dict[str, Any]], keys: list[str], head: list[str]) -
     if compared is None:
         return []
     noise = ", ".join(
-        f"{std:.2f} {split} BLEU ({dof} degree{'s' if dof != 1 else ''} of freedom)"
+        f"s = {std:.2f} {split} BLEU ({dof} degree{'s' if dof != 1 else ''} of freedom, "
+        f"t = {t_quantile(dof):.2f})"
         for split, (std, dof) in compared["noise"].items()
         if std is not None
     )
-    k = f"{NOISE_STANDARD_ERRORS:g}"
+    level = f"{CONFIDENCE:.0%}"
     lines = [
         "",
         f"Against seed noise: Δ is a row's mean BLEU minus that of "
-        f"**{_label(compared['reference'], keys)}** (the best validation BLEU), beyond noise "
-        f"when |Δ| > {k} standard errors, {k} s √(1/n + 1/n_ref), with s the seed standard "
-        f"deviation pooled over every row with two or more runs: {noise}.",
+        f"**{_label(compared['reference'], keys)}** (the best validation BLEU). It is beyond "
+        f"noise when |Δ| > t s √(1/n + 1/n_ref): s is the seed standard deviation pooled "
+        f"over every row with two or more runs, t Student's two-sided {level} quantile at "
+        f"its degrees of freedom; {noise}.",
         "",
         "| "
         + " | ".join(["data", *head, "runs"])
-        + "".join(f" | Δ {split} BLEU | {k} SE" for split in SPLITS)
+        + "".join(f" | Δ {split} BLEU | ± noise" for split in SPLITS)
         + " | beyond noise |",
         "|---|" + "---|" * len(head) + "---:|" + "---:|---:|" * len(SPLITS) + "---|",
     ]

@@ -7,8 +7,9 @@ pooled within-row standard deviation over all rows with two or more seeds,
 
 the estimate of a one-way analysis of variance, with sum_i (n_i - 1) degrees of freedom.
 A row's mean differs from the reference row's by Δ, whose standard error is
-s * sqrt(1/n + 1/n_ref); |Δ| above `NOISE_STANDARD_ERRORS` of them is called beyond noise.
-Two seeds per row estimate a row's own spread badly, which is why the spread is pooled.
+s * sqrt(1/n + 1/n_ref). |Δ| is beyond noise when it exceeds t * SE, t the two-sided
+`CONFIDENCE` quantile of Student's t at those degrees of freedom: with few seeds s is
+itself uncertain, and t grows accordingly (12.7 at one degree of freedom, 2.45 at six).
 """
 
 from __future__ import annotations
@@ -16,11 +17,45 @@ from __future__ import annotations
 import math
 from typing import Any
 
-# |Δ| beyond this many standard errors is called beyond noise: about 95% two-sided under
-# normal noise with many degrees of freedom (with few, Student's t asks for more: 2.45 at 6).
-NOISE_STANDARD_ERRORS = 2.0
+CONFIDENCE = 0.95  # two-sided: a difference beyond noise at this level
 # The splits compared, as a report row names their BLEU.
 SPLITS = ("valid", "test")
+_BISECTION_STEPS = 100  # halvings of the bracket for t: far below float resolution
+
+
+def _t_central_mass(t: float, dof: int) -> float:
+    """P(|T| <= t) for Student's T with an integer number of degrees of freedom.
+
+    The finite series of Abramowitz & Stegun 26.7.3 (odd) and 26.7.4 (even), in
+    theta = atan(t / sqrt(dof))."""
+    theta = math.atan(t / math.sqrt(dof))
+    c2, term, total = math.cos(theta) ** 2, 1.0, 1.0
+    if dof % 2 == 0:  # sin(theta) * (1 + 1/2 c2 + 1*3/(2*4) c2^2 + ...), dof/2 terms
+        for j in range(1, dof // 2):
+            term *= c2 * (2 * j - 1) / (2 * j)
+            total += term
+        return math.sin(theta) * total
+    if dof == 1:
+        return 2 * theta / math.pi
+    for j in range(1, (dof - 1) // 2):  # 1 + 2/3 c2 + 2*4/(3*5) c2^2 + ...
+        term *= c2 * (2 * j) / (2 * j + 1)
+        total += term
+    return 2 / math.pi * (theta + math.sin(theta) * math.cos(theta) * total)
+
+
+def t_quantile(dof: int, confidence: float = CONFIDENCE) -> float:
+    """The t with P(|T| <= t) = `confidence` for Student's T with `dof` degrees of freedom."""
+    if dof < 1 or not 0 < confidence < 1:
+        raise ValueError(
+            f"t_quantile needs dof >= 1 and 0 < confidence < 1, got {dof}, {confidence}"
+        )
+    low, high = 0.0, 1.0
+    while _t_central_mass(high, dof) < confidence:
+        high *= 2
+    for _ in range(_BISECTION_STEPS):
+        mid = (low + high) / 2
+        low, high = (mid, high) if _t_central_mass(mid, dof) < confidence else (low, mid)
+    return (low + high) / 2
 
 
 def pooled_std(rows: list[dict[str, Any]], measure: str) -> tuple[float | None, int]:
@@ -55,12 +90,12 @@ def against_reference(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
             continue
         entry: dict[str, Any] = {"row": row}
         for split in SPLITS:
-            std, mean, ref_mean = noise[split][0], row[f"{split}_bleu"], ref[f"{split}_bleu"]
+            (std, dof), mean, ref_mean = noise[split], row[f"{split}_bleu"], ref[f"{split}_bleu"]
             if std is None or mean is None or ref_mean is None:
                 entry[split] = None
                 continue
             se = std * math.sqrt(1 / row["runs"] + 1 / ref["runs"])
-            delta, threshold = mean - ref_mean, NOISE_STANDARD_ERRORS * se
+            delta, threshold = mean - ref_mean, t_quantile(dof) * se
             beyond = abs(delta) > threshold
             entry[split] = {"delta": delta, "threshold": threshold, "beyond": beyond}
         compared.append(entry)

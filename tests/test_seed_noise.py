@@ -8,7 +8,7 @@ import statistics
 import pytest
 
 from nmt.report import report
-from nmt.seed_noise import against_reference, pooled_std
+from nmt.seed_noise import against_reference, pooled_std, t_quantile
 from tests.test_report import fake_run
 
 
@@ -32,10 +32,23 @@ def test_pooled_std_is_the_within_row_spread_of_every_row_with_seeds() -> None:
     assert pooled_std([row("c", c, c)], "test_bleu") == (None, 0)
 
 
-def test_differences_are_to_the_best_validation_row_and_flagged_beyond_two_standard_errors():
+@pytest.mark.parametrize(
+    "dof, quantile",  # two-sided 95% points of Student's t, as printed in statistics tables
+    [(1, 12.706), (2, 4.303), (3, 3.182), (6, 2.447), (7, 2.365), (30, 2.042), (1000, 1.962)],
+)
+def test_t_quantile_matches_the_tables(dof: int, quantile: float) -> None:
+    assert t_quantile(dof) == pytest.approx(quantile, abs=5e-4)
+
+
+def test_t_quantile_refuses_what_has_no_quantile() -> None:
+    with pytest.raises(ValueError, match="dof >= 1"):
+        t_quantile(0)
+
+
+def test_differences_are_to_the_best_validation_row_and_flagged_beyond_the_t_threshold():
     rows = [
         row("best_on_valid", [40.0, 40.2], [38.0, 38.2]),
-        row("best_on_test", [39.9, 40.1], [38.9, 39.1]),  # +1.0 test: beyond noise
+        row("best_on_test", [39.9, 40.1], [38.9, 39.1]),  # +0.9 test: beyond noise
         row("close", [39.8, 40.0], [38.05, 38.25]),  # +0.05 test: within
         row("one_seed", [35.0], [33.0]),
     ]
@@ -45,11 +58,12 @@ def test_differences_are_to_the_best_validation_row_and_flagged_beyond_two_stand
     assert s == pytest.approx(statistics.stdev([38.0, 38.2]))
     by_name = {e["row"]["encoding.name"]: e for e in out["rows"]}
     assert by_name["best_on_test"]["test"]["delta"] == pytest.approx(0.9)
-    assert by_name["best_on_test"]["test"]["threshold"] == pytest.approx(2 * s * math.sqrt(1))
+    t = t_quantile(3)  # three rows of two seeds
+    assert by_name["best_on_test"]["test"]["threshold"] == pytest.approx(t * s * math.sqrt(1))
     assert by_name["best_on_test"]["test"]["beyond"]
     assert not by_name["close"]["test"]["beyond"]
     # one seed against two: the standard error grows with sqrt(1/1 + 1/2)
-    assert by_name["one_seed"]["test"]["threshold"] == pytest.approx(2 * s * math.sqrt(1.5))
+    assert by_name["one_seed"]["test"]["threshold"] == pytest.approx(t * s * math.sqrt(1.5))
     assert by_name["one_seed"]["test"]["beyond"]
 
 
@@ -65,9 +79,9 @@ def test_report_says_which_rows_differ_beyond_seed_noise(tmp_path) -> None:
     report([tmp_path], tmp_path / "report")
     text = (tmp_path / "report" / "report.md").read_text()
     assert "minus that of **k=64** (the best validation BLEU)" in text
-    assert "0.28 test BLEU (2 degrees of freedom)" in text  # stdev of (x, x + 0.4)
-    assert "| toy src-tgt | 2 | 2 | -3.30 | 0.69 | -3.30 | 0.69 | valid, test |" in text
-    assert "| toy src-tgt | 16 | 2 | -0.30 | 0.69 | -0.30 | 0.69 | — |" in text
+    assert "s = 0.28 test BLEU (2 degrees of freedom, t = 4.30)" in text  # stdev of (x, x + 0.4)
+    assert "| toy src-tgt | 2 | 2 | -3.30 | 1.49 | -3.30 | 1.49 | valid, test |" in text
+    assert "| toy src-tgt | 16 | 2 | -0.30 | 1.49 | -0.30 | 1.49 | — |" in text
 
 
 def test_report_without_seeds_has_no_noise_section(tmp_path) -> None:
@@ -75,3 +89,13 @@ def test_report_without_seeds_has_no_noise_section(tmp_path) -> None:
         fake_run(tmp_path, f"{n}_k={k}", k, 1, 30.0 + k)
     report([tmp_path], tmp_path / "report")
     assert "seed noise" not in (tmp_path / "report" / "report.md").read_text()
+
+
+def test_one_tight_pair_of_seeds_does_not_call_a_small_difference_real() -> None:
+    """Two seeds 0.08 apart are one degree of freedom: t = 12.7 keeps 0.5 BLEU within noise,
+    where a fixed two standard errors (0.2) would call it real."""
+    rows = [row("two_seeds", [40.2, 39.4], [39.50, 39.42]), row("one_seed", [39.6], [38.95])]
+    entry = against_reference(rows)["rows"][0]
+    assert entry["test"]["delta"] == pytest.approx(-0.51)
+    assert 2 * statistics.stdev([39.50, 39.42]) * math.sqrt(1.5) < abs(entry["test"]["delta"])
+    assert not entry["test"]["beyond"]
