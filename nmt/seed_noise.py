@@ -10,6 +10,8 @@ A row's mean differs from the reference row's by Δ, whose standard error is
 s * sqrt(1/n + 1/n_ref). |Δ| is beyond noise when it exceeds t * SE, t the two-sided
 `CONFIDENCE` quantile of Student's t at those degrees of freedom: with few seeds s is
 itself uncertain, and t grows accordingly (12.7 at one degree of freedom, 2.45 at six).
+Not corrected for: the reference is picked on validation, so its validation Δ is biased in
+its favour (the test Δ is not), and each row is a separate test at `CONFIDENCE`.
 """
 
 from __future__ import annotations
