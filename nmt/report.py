@@ -23,7 +23,7 @@ from typing import Any
 
 from nmt.results import MEASURES
 from nmt.runs import Run, find_runs, summarize, swept_keys
-from nmt.seed_noise import CONFIDENCE, SPLITS, against_reference, t_quantile
+from nmt.seed_noise import CONFIDENCE, SPLITS, by_corpus
 
 
 def _cell(value: Any) -> str:
@@ -131,40 +131,46 @@ def _length_table(rows: list[dict[str, Any]], keys: list[str], head: list[str]) 
     return lines
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def _noise_table(rows: list[dict[str, Any]], keys: list[str], head: list[str]) -> list[str]:
-    """Each row's BLEU difference to the best-on-validation row, against the seed noise."""
-    compared = against_reference(rows)
-    if compared is None:
-        return []
-    noise = ", ".join(
-        f"s = {std:.2f} {split} BLEU ({dof} degree{'s' if dof != 1 else ''} of freedom, "
-        f"t = {t_quantile(dof):.2f})"
-        for split, (std, dof) in compared["noise"].items()
-        if std is not None
-    )
-    level = f"{CONFIDENCE:.0%}"
-    lines = [
-        "",
-        f"Against seed noise: Δ is a row's mean BLEU minus that of "
-        f"**{_label(compared['reference'], keys)}** (the best validation BLEU). It is beyond "
-        f"noise when |Δ| > t s √(1/n + 1/n_ref): s is the seed standard deviation pooled "
-        f"over every row with two or more runs, t Student's two-sided {level} quantile at "
-        f"its degrees of freedom; {noise}.",
-        "",
-        "| "
-        + " | ".join(["data", *head, "runs"])
-        + "".join(f" | Δ {split} BLEU | ± noise" for split in SPLITS)
-        + " | beyond noise |",
-        "|---|" + "---|" * len(head) + "---:|" + "---:|---:|" * len(SPLITS) + "---|",
-    ]
-    for entry in compared["rows"]:
-        row, cells = entry["row"], []
-        for split in SPLITS:
-            d = entry[split]
-            cells += [f"{d['delta']:+.2f}", f"{d['threshold']:.2f}"] if d else ["—", "—"]
-        beyond = ", ".join(s for s in SPLITS if entry[s] and entry[s]["beyond"]) or "—"
-        row_cells = [row["data"], *(_cell(row.get(key)) for key in keys), str(row["runs"])]
-        lines.append("| " + " | ".join([*row_cells, *cells, beyond]) + " |")
+    """Each row's BLEU difference to the best-on-validation row of its corpus, against the
+    seed noise."""
+    lines = []
+    for compared in by_corpus(rows):
+        ref = compared["reference"]
+        noise = ", ".join(
+            f"s = {n['std']:.2f} {split} BLEU ({_count(n['dof'], 'degree')} of freedom, "
+            f"t = {n['t']:.2f})"
+            for split, n in compared["noise"].items()
+            if n["std"] is not None
+        )
+        lines += [
+            "",
+            f"Against seed noise ({ref['data']}): Δ is a row's mean BLEU minus that of "
+            f"**{_label(ref, keys)}** ({_count(ref['runs'], 'run')}, the best validation BLEU). "
+            f"It is beyond noise when |Δ| > t s √(1/n + 1/n_ref): s is the seed standard deviation "
+            f"pooled over every row with two or more runs, t Student's two-sided "
+            f"{CONFIDENCE:.0%} critical value at its degrees of freedom; {noise}. The "
+            f"reference was picked on validation, which favours it in the validation Δ (not "
+            f"in the test Δ); each row is a separate test.",
+            "",
+            "| "
+            + " | ".join(["data", *head, "runs"])
+            + "".join(f" | Δ {split} BLEU | ± noise" for split in SPLITS)
+            + " | beyond noise |",
+            "|---|" + "---|" * len(head) + "---:|" + "---:|---:|" * len(SPLITS) + "---|",
+        ]
+        for entry in compared["rows"]:
+            row, cells = entry["row"], []
+            for split in SPLITS:
+                d = entry[split]
+                cells += [f"{d['delta']:+.2f}", f"{d['threshold']:.2f}"] if d else ["—", "—"]
+            beyond = ", ".join(s for s in SPLITS if entry[s] and entry[s]["beyond"]) or "—"
+            row_cells = [row["data"], *(_cell(row.get(key)) for key in keys), str(row["runs"])]
+            lines.append("| " + " | ".join([*row_cells, *cells, beyond]) + " |")
     return lines
 
 

@@ -206,6 +206,7 @@ def summarize(runs: list[Run], keys: list[str]) -> list[dict[str, Any]]:
         measured = [measures(r.results or {}) for r in members]
         for name in MEASURES:
             row[name], row[f"{name}_std"] = _mean_std([m[name] for m in measured])
+            row[f"{name}_n"] = sum(m[name] is not None for m in measured)
         seeds = (r.config.get("seed") for r in members)
         row["seeds"] = sorted(seed for seed in seeds if seed is not None)
         row["runs"] = len(members)

@@ -60,16 +60,22 @@ def t_quantile(dof: int, confidence: float = CONFIDENCE) -> float:
     return (low + high) / 2
 
 
+def _count(row: dict[str, Any], measure: str) -> int:
+    """How many runs of the row have `measure` (a run may lack one, e.g. no test split)."""
+    return row.get(f"{measure}_n", row["runs"])
+
+
 def pooled_std(rows: list[dict[str, Any]], measure: str) -> tuple[float | None, int]:
     """(pooled seed standard deviation of `measure`, its degrees of freedom) over `rows`;
-    (None, 0) when no row has two runs."""
+    (None, 0) when no row has two values, or when every row's seeds agree exactly (s = 0
+    would call any difference real)."""
     squares, dof = 0.0, 0
     for row in rows:
-        std, n = row.get(f"{measure}_std"), row["runs"]
+        std, n = row.get(f"{measure}_std"), _count(row, measure)
         if std is not None and n >= 2:
             squares += (n - 1) * std**2
             dof += n - 1
-    return (math.sqrt(squares / dof), dof) if dof else (None, 0)
+    return (math.sqrt(squares / dof), dof) if dof and squares > 0 else (None, 0)
 
 
 def reference_row(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -81,10 +87,14 @@ def reference_row(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
 def against_reference(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
     """Every row's BLEU difference to the reference row, with its noise threshold per split.
 
-    None when there is nothing to compare: fewer than two rows, or no seed spread."""
+    `rows` are of one corpus (`by_corpus` splits a report). None when there is nothing to
+    compare: fewer than two rows, or no seed spread."""
     ref = reference_row(rows)
-    noise = {split: pooled_std(rows, f"{split}_bleu") for split in SPLITS}
-    if ref is None or len(rows) < 2 or all(std is None for std, _ in noise.values()):
+    noise = {}
+    for split in SPLITS:
+        std, dof = pooled_std(rows, f"{split}_bleu")
+        noise[split] = {"std": std, "dof": dof, "t": t_quantile(dof) if std else None}
+    if ref is None or len(rows) < 2 or all(n["std"] is None for n in noise.values()):
         return None
     compared = []
     for row in rows:
@@ -92,13 +102,24 @@ def against_reference(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
             continue
         entry: dict[str, Any] = {"row": row}
         for split in SPLITS:
-            (std, dof), mean, ref_mean = noise[split], row[f"{split}_bleu"], ref[f"{split}_bleu"]
-            if std is None or mean is None or ref_mean is None:
+            measure, n = f"{split}_bleu", noise[split]
+            mean, ref_mean = row[measure], ref[measure]
+            if n["std"] is None or mean is None or ref_mean is None:
                 entry[split] = None
                 continue
-            se = std * math.sqrt(1 / row["runs"] + 1 / ref["runs"])
-            delta, threshold = mean - ref_mean, t_quantile(dof) * se
+            se = n["std"] * math.sqrt(1 / _count(row, measure) + 1 / _count(ref, measure))
+            delta, threshold = mean - ref_mean, n["t"] * se
             beyond = abs(delta) > threshold
             entry[split] = {"delta": delta, "threshold": threshold, "beyond": beyond}
         compared.append(entry)
     return {"reference": ref, "noise": noise, "rows": compared}
+
+
+def by_corpus(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """`against_reference` for each corpus and language pair of a report separately: BLEU
+    on EN-FR and on EN-DE is not one scale, nor need their seed spreads agree."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault(row["data"], []).append(row)
+    compared = (against_reference(group) for group in groups.values())
+    return [c for c in compared if c is not None]
