@@ -6,10 +6,10 @@ import math
 import statistics
 
 import pytest
+from test_report import fake_run
 
 from nmt.report import report
 from nmt.seed_noise import against_reference, by_corpus, pooled_std, t_quantile
-from tests.test_report import fake_run
 
 
 def row(name: str, valid: list[float], test: list[float], data: str = "multi30k en-de") -> dict:
