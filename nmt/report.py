@@ -131,7 +131,7 @@ def _length_table(rows: list[dict[str, Any]], keys: list[str], head: list[str]) 
     return lines
 
 
-def _count(n: int, noun: str) -> str:
+def _plural(n: int, noun: str) -> str:
     return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
@@ -142,7 +142,7 @@ def _noise_table(rows: list[dict[str, Any]], keys: list[str], head: list[str]) -
     for compared in by_corpus(rows):
         ref = compared["reference"]
         noise = ", ".join(
-            f"s = {n['std']:.2f} {split} BLEU ({_count(n['dof'], 'degree')} of freedom, "
+            f"s = {n['std']:.2f} {split} BLEU ({_plural(n['dof'], 'degree')} of freedom, "
             f"t = {n['t']:.2f})"
             for split, n in compared["noise"].items()
             if n["std"] is not None
@@ -150,7 +150,7 @@ def _noise_table(rows: list[dict[str, Any]], keys: list[str], head: list[str]) -
         lines += [
             "",
             f"Against seed noise ({ref['data']}): Δ is a row's mean BLEU minus that of "
-            f"**{_label(ref, keys)}** ({_count(ref['runs'], 'run')}, the best validation BLEU). "
+            f"**{_label(ref, keys)}** ({_plural(ref['runs'], 'run')}, the best validation BLEU). "
             f"It is beyond noise when |Δ| > t s √(1/n + 1/n_ref): s is the seed standard deviation "
             f"pooled over every row with two or more runs, t Student's two-sided "
             f"{CONFIDENCE:.0%} critical value at its degrees of freedom; {noise}. The "
